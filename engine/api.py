@@ -1,0 +1,112 @@
+"""The Python API: the same machinery the CLI drives, as objects.
+
+    import mistralrs
+    llm = mistralrs.load("model=smollm2", "model.dtype=float32")
+    print(llm.generate("The three primary colors are", max_tokens=32, temperature=0))
+    for piece in llm.chat([{"role": "user", "content": "Hi"}], stream=True):
+        print(piece, end="")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator, Sequence
+
+import torch
+from omegaconf import DictConfig
+
+from mistralrs.conf.schema import Config
+
+from .config import compose_config, to_schema
+from .generate import Generator
+from .loader import LoadedModel, load_model
+from .sampler import SamplingParams
+
+_SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
+
+
+def sampling_from(defaults: Any, overrides: dict[str, Any]) -> SamplingParams:
+    unknown = set(overrides) - _SAMPLING_FIELDS
+    if unknown:
+        raise TypeError(f"unknown sampling parameter(s): {', '.join(sorted(unknown))}")
+    base = {name: getattr(defaults, name) for name in _SAMPLING_FIELDS if hasattr(defaults, name)}
+    base["stop"] = list(base.get("stop") or [])
+    base.update(overrides)
+    if isinstance(base["stop"], str):
+        base["stop"] = [base["stop"]]
+    return SamplingParams(**base).validate()
+
+
+class LLM:
+    """A loaded model with its tokenizer; thread-unsafe (one generation at a time)."""
+
+    def __init__(self, config: Config, loaded: LoadedModel):
+        self.config = config
+        self.loaded = loaded
+        self._generator = Generator(loaded)
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig | Config) -> "LLM":
+        config = to_schema(cfg)
+        if config.engine.threads:
+            torch.set_num_threads(config.engine.threads)
+        if config.quant.type not in ("none", None):
+            raise ValueError(f"quant={config.quant.type}: in-situ quantization is not available yet (use quant=none)")
+        return cls(config, load_model(config.model))
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.loaded.tokenizer
+
+    @property
+    def name(self) -> str:
+        return self.config.model.name
+
+    def generate(self, prompt: str | Sequence[str], *, stream: bool = False, **sampling: Any):
+        """Complete raw text. A list of prompts gives a list of completions (or, streamed,
+        ``(index, piece)`` pairs)."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        ids = [self.tokenizer.encode(p, add_special=True, parse_special=False) for p in prompts]
+        events = self._events(ids, sampling)
+        if stream:
+            return (piece for _, piece in events) if isinstance(prompt, str) else events
+        texts = ["" for _ in prompts]
+        for index, piece in events:
+            texts[index] += piece
+        return texts[0] if isinstance(prompt, str) else texts
+
+    def chat(self, messages: list[dict[str, Any]], *, stream: bool = False, **sampling: Any):
+        """One assistant turn for a conversation, rendered with the model's chat template."""
+        ids = self.chat_prompt_ids(messages)
+        events = self._events([ids], sampling)
+        pieces = (piece for _, piece in events)
+        return pieces if stream else "".join(pieces)
+
+    def chat_prompt_ids(self, messages: list[dict[str, Any]]) -> list[int]:
+        from .tokenizer.chat_template import DEFAULT_CHATML_TEMPLATE, render_chat
+
+        tok = self.tokenizer
+        text = render_chat(tok.chat_template or DEFAULT_CHATML_TEMPLATE, messages, add_generation_prompt=True,
+                           bos_token=tok.bos_token, eos_token=tok.eos_token)
+        ids = tok.encode(text, add_special=False, parse_special=True)
+        # Templates usually write BOS themselves; add it only when the model wants one and it is absent.
+        if tok.add_bos and tok.bos_id is not None and ids[:1] != [tok.bos_id]:
+            ids.insert(0, tok.bos_id)
+        return ids
+
+    def logits(self, token_ids: Sequence[int]) -> torch.Tensor:
+        """Logits at every position for one full sequence: ``[len, vocab]`` float32 on the CPU."""
+        return self._generator.logits(list(token_ids)).cpu()
+
+    def _events(self, ids: list[list[int]], sampling: dict[str, Any]) -> Iterator[tuple[int, str]]:
+        params = sampling_from(self.config.sampling, sampling)
+        for event in self._generator.run(ids, [params] * len(ids)):
+            if event.text:
+                yield event.index, event.text
+
+
+def load(*overrides: str, **kwargs: Any) -> LLM:
+    """Compose the config from CLI-style overrides (``"model=llama"``, ``"model.dtype=float32"``) and
+    load the model. Keyword arguments become overrides too: ``load(model="gemma3")``."""
+    extra = [f"{key.replace('__', '.')}={value}" for key, value in kwargs.items()]
+    return LLM.from_config(compose_config([*overrides, *extra]))

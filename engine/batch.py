@@ -1,0 +1,76 @@
+"""One forward step's worth of sequences, flattened: what the model needs besides token ids.
+
+Built once per step by the runner; per-layer code only indexes into it, so the Python work per
+step stays O(layers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class SeqSegment:
+    """One sequence's share of the step: queries ``[q_start, q_start + q_len)`` of the flat batch,
+    attending to its first ``ctx_len`` cached positions (the new ones included)."""
+
+    q_start: int
+    q_len: int
+    ctx_len: int
+    kv_slots: torch.Tensor | slice  # cache slots of positions 0..ctx_len-1; a slice when contiguous
+
+    @property
+    def q_slice(self) -> slice:
+        return slice(self.q_start, self.q_start + self.q_len)
+
+
+@dataclass
+class AttentionBatch:
+    positions: torch.Tensor  # [T] position of each token in its sequence
+    slot_mapping: torch.Tensor  # [T] cache slot each token's K/V is written to
+    segments: list[SeqSegment]
+    _masks: dict[int | None, list[torch.Tensor | None]] = field(default_factory=dict)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.positions.shape[0])
+
+    def masks(self, window: int | None = None) -> list[torch.Tensor | None]:
+        """Per segment: a bool mask [q_len, ctx_len] (True = attend), or None when plain causal with
+        q_len == ctx_len (SDPA's is_causal) or a single query seeing everything. ``window`` limits
+        attention to the last ``window`` positions (sliding-window layers)."""
+        if window not in self._masks:
+            self._masks[window] = [_segment_mask(s, window, self.positions.device) for s in self.segments]
+        return self._masks[window]
+
+
+def _segment_mask(seg: SeqSegment, window: int | None, device: torch.device) -> torch.Tensor | None:
+    past = seg.ctx_len - seg.q_len
+    if window is None or window >= seg.ctx_len:
+        if seg.q_len == seg.ctx_len or seg.q_len == 1:
+            return None
+    q_pos = torch.arange(past, seg.ctx_len, device=device).unsqueeze(1)
+    k_pos = torch.arange(seg.ctx_len, device=device).unsqueeze(0)
+    mask = k_pos <= q_pos
+    if window is not None:
+        mask &= k_pos > q_pos - window
+    return mask
+
+
+def contiguous_batch(starts: list[int], q_lens: list[int], past_lens: list[int], slot_offsets: list[int],
+                     device: torch.device) -> AttentionBatch:
+    """A batch whose sequences each own a contiguous run of slots starting at ``slot_offsets[i]``."""
+    positions, slots, segments = [], [], []
+    q_start = 0
+    for q_len, past, base in zip(q_lens, past_lens, slot_offsets):
+        positions.append(torch.arange(past, past + q_len))
+        slots.append(torch.arange(base + past, base + past + q_len))
+        segments.append(SeqSegment(q_start, q_len, past + q_len, slice(base, base + past + q_len)))
+        q_start += q_len
+    return AttentionBatch(
+        positions=torch.cat(positions).to(device),
+        slot_mapping=torch.cat(slots).to(device),
+        segments=segments,
+    )

@@ -1,0 +1,69 @@
+"""``mistralrs``: the Hydra command line.
+
+    mistralrs task=chat prompt="Hi"                    # one chat turn (no prompt: interactive)
+    mistralrs task=generate prompt="Once upon a time"  # raw completion
+    mistralrs task=bench                               # prompt and decode tokens/s
+    mistralrs task=plugins                             # what is registered, by whom
+    mistralrs -m task=bench model=smollm2 sampling.max_tokens=64,128   # a sweep
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from .config import register_configs
+from .errors import user_facing
+
+TASKS = {
+    "chat": "mistralrs.engine.tasks.chat:run",
+    "generate": "mistralrs.engine.tasks.generate:run",
+    "bench": "mistralrs.engine.tasks.bench:run",
+    "plugins": "mistralrs.engine.tasks.plugins:run",
+}
+
+
+def run_task(cfg: DictConfig) -> None:
+    from mistralrs.registry import resolve
+
+    logging.basicConfig(level=str(cfg.get("log_level", "WARNING")).upper(), stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s", force=True)
+    task = cfg.task
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
+    resolve(TASKS[task])(cfg)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://mistralrs.conf", config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        run_task(cfg)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:
+        message = user_facing(exc)
+        if message is None:
+            raise
+        print(f"mistralrs: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    strict = any(arg in ("engine.strict_plugins=true", "engine.strict_plugins=True") for arg in sys.argv[1:])
+    try:
+        register_configs(strict_plugins=strict)
+    except Exception as exc:
+        message = user_facing(exc)
+        if message is None:
+            raise
+        print(f"mistralrs: error: {message}", file=sys.stderr)
+        sys.exit(2)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""GGUF checkpoints: memory-mapped, tensors handed out as zero-copy torch views of the map."""
+
+from __future__ import annotations
+
+import mmap
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from .checkpoint import ArchitectureHint, ModelFileError, RawTensor
+from .gguf_parse import MAGIC, GGUFFormatError, parse_gguf
+
+LEGACY_MAGICS = {b"lmgg": "ggml (unversioned)", b"fmgg": "ggmf", b"tjgg": "ggjt"}
+_TYPED = {"F32": np.float32, "F16": np.float16}
+
+
+def detect(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with path.open("rb") as f:
+        return f.read(4) == MAGIC
+
+
+class GGUFCheckpoint:
+    format = "gguf"
+
+    def __init__(self, path: Path, known_types: set[str] | None = None):
+        self.path = Path(path)
+        with self.path.open("rb") as f:
+            magic = f.read(4)
+            if magic in LEGACY_MAGICS:
+                raise ModelFileError(self.path, f"legacy {LEGACY_MAGICS[magic]} file; legacy GGML loading is not supported yet")
+            if magic != MAGIC:
+                raise ModelFileError(self.path, f"not a GGUF file (magic {magic!r}, expected {MAGIC!r})")
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            header = parse_gguf(memoryview(self._map))
+        except GGUFFormatError as exc:
+            raise ModelFileError(self.path, str(exc)) from exc
+        self.version = header.version
+        self.metadata: dict[str, Any] = header.metadata
+        self._entries = {t.name: t for t in header.tensors}
+        self._bytes = np.frombuffer(self._map, dtype=np.uint8)
+        if known_types is not None:
+            for t in header.tensors:
+                if t.qtype not in known_types:
+                    raise ModelFileError(
+                        self.path,
+                        f"tensor {t.name!r} has type {t.qtype}, which no registered quant type supports "
+                        f"(supported: {', '.join(sorted(known_types))})",
+                    )
+
+    def architecture(self) -> ArchitectureHint:
+        arch = self.metadata.get("general.architecture")
+        if not isinstance(arch, str):
+            raise ModelFileError(self.path, "GGUF metadata has no general.architecture")
+        return ArchitectureHint(gguf=arch)
+
+    def tensor_names(self) -> list[str]:
+        return list(self._entries)
+
+    def tensor(self, name: str) -> RawTensor:
+        e = self._entries[name]
+        data = self._bytes[e.offset : e.offset + e.n_bytes]
+        if e.qtype in _TYPED:
+            data = data.view(_TYPED[e.qtype]).reshape(e.shape)
+        with warnings.catch_warnings():  # the map is read-only and nothing writes to these views
+            warnings.simplefilter("ignore", UserWarning)
+            return RawTensor(name, e.qtype, e.shape, torch.from_numpy(data))
+
+    def tensors(self) -> Iterator[RawTensor]:
+        for name in self._entries:
+            yield self.tensor(name)
+
+    def file_tensor_bytes(self) -> int:
+        return sum(e.n_bytes for e in self._entries.values())
+
+    def tokenizer(self) -> Any:
+        from ..tokenizer.text_tokenizer import tokenizer_from_gguf
+
+        try:
+            return tokenizer_from_gguf(self.metadata)
+        except ValueError as exc:
+            raise ModelFileError(self.path, f"tokenizer: {exc}") from exc
+
+
+def open_gguf(path: Path, known_types: set[str] | None = None) -> GGUFCheckpoint:
+    return GGUFCheckpoint(path, known_types)

@@ -1,0 +1,170 @@
+"""A fast, bounds-checked GGUF header parser over a read-only memory map.
+
+gguf-py's ``GGUFReader`` builds one numpy view per array element, which takes 4 s for SmolLM2's
+49k-token vocabulary and over 20 s for Gemma 3's 262k here; this parser reads the same header in a
+fraction of a second. It still takes every format constant (value types, tensor types, block
+sizes) from the ``gguf`` package, and tests check it against ``GGUFReader`` on real files.
+Every read is bounds-checked: a damaged or hostile file gives ``GGUFFormatError``, never a crash or
+a huge allocation.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+
+MAGIC = b"GGUF"
+DEFAULT_ALIGNMENT = 32
+MAX_DIMS = 4
+
+_SCALAR = {
+    GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H",
+    GGUFValueType.INT16: "<h", GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i",
+    GGUFValueType.FLOAT32: "<f", GGUFValueType.BOOL: "<?", GGUFValueType.UINT64: "<Q",
+    GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d",
+}
+_NUMPY = {
+    GGUFValueType.UINT8: "<u1", GGUFValueType.INT8: "<i1", GGUFValueType.UINT16: "<u2",
+    GGUFValueType.INT16: "<i2", GGUFValueType.UINT32: "<u4", GGUFValueType.INT32: "<i4",
+    GGUFValueType.FLOAT32: "<f4", GGUFValueType.BOOL: "?", GGUFValueType.UINT64: "<u8",
+    GGUFValueType.INT64: "<i8", GGUFValueType.FLOAT64: "<f8",
+}
+
+
+class GGUFFormatError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    qtype: str  # GGMLQuantizationType name, or "UNKNOWN(<id>)"
+    shape: tuple[int, ...]  # torch order: ggml's ne reversed
+    offset: int  # absolute byte offset in the file
+    n_bytes: int
+
+
+@dataclass
+class GGUFHeader:
+    version: int
+    metadata: dict[str, Any]
+    tensors: list[TensorEntry]
+    data_offset: int
+
+
+class _Cursor:
+    def __init__(self, buf: memoryview):
+        self.buf, self.pos = buf, 0
+
+    def need(self, n: int, what: str) -> None:
+        if n < 0 or self.pos + n > len(self.buf):
+            raise GGUFFormatError(f"truncated while reading {what} at byte {self.pos} (file has {len(self.buf)} bytes)")
+
+    def unpack(self, fmt: str, what: str) -> Any:
+        size = struct.calcsize(fmt)
+        self.need(size, what)
+        (value,) = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += size
+        return value
+
+    def string(self, what: str) -> str:
+        n = self.unpack("<Q", what)
+        self.need(n, what)
+        raw = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += n
+        return raw.decode("utf-8", errors="replace")
+
+    def value(self, vtype: int, what: str) -> Any:
+        if vtype == GGUFValueType.STRING:
+            return self.string(what)
+        if vtype == GGUFValueType.ARRAY:
+            item_type = self.unpack("<I", what)
+            count = self.unpack("<Q", what)
+            return self.array(item_type, count, what)
+        try:
+            fmt = _SCALAR[GGUFValueType(vtype)]
+        except (ValueError, KeyError):
+            raise GGUFFormatError(f"{what}: unknown value type {vtype}") from None
+        return self.unpack(fmt, what)
+
+    def array(self, item_type: int, count: int, what: str) -> list[Any]:
+        if item_type == GGUFValueType.STRING:
+            self.need(count * 8, what)  # every string has at least its 8-byte length
+            return [self.string(what) for _ in range(count)]
+        if item_type == GGUFValueType.ARRAY:
+            self.need(count * 12, what)
+            return [self.value(GGUFValueType.ARRAY, what) for _ in range(count)]
+        try:
+            dtype = np.dtype(_NUMPY[GGUFValueType(item_type)])
+        except (ValueError, KeyError):
+            raise GGUFFormatError(f"{what}: unknown array item type {item_type}") from None
+        self.need(count * dtype.itemsize, what)
+        values = np.frombuffer(self.buf, dtype=dtype, count=count, offset=self.pos)
+        self.pos += count * dtype.itemsize
+        return values.tolist()
+
+
+def _tensor_type_name(type_id: int) -> str:
+    try:
+        return GGMLQuantizationType(type_id).name
+    except ValueError:
+        return f"UNKNOWN({type_id})"
+
+
+def _tensor_bytes(name: str, qtype: str, ne: list[int]) -> int:
+    if qtype.startswith("UNKNOWN"):
+        return 0
+    block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType[qtype]]
+    if ne and ne[0] % block:
+        raise GGUFFormatError(f"tensor {name!r}: row length {ne[0]} is not a multiple of the {qtype} block size {block}")
+    n = 1
+    for d in ne:
+        n *= d
+    return n // block * type_size
+
+
+def parse_gguf(buf: memoryview) -> GGUFHeader:
+    cur = _Cursor(buf)
+    cur.need(4, "magic")
+    if bytes(buf[:4]) != MAGIC:
+        raise GGUFFormatError(f"bad magic {bytes(buf[:4])!r}, expected {MAGIC!r}")
+    cur.pos = 4
+    version = cur.unpack("<I", "version")
+    if version not in (2, 3):
+        raise GGUFFormatError(f"unsupported GGUF version {version} (supported: 2, 3)")
+    n_tensors = cur.unpack("<Q", "tensor count")
+    n_kv = cur.unpack("<Q", "metadata count")
+    cur.need(n_kv * 13 + n_tensors * 24, "header counts")  # minimal sizes; rejects absurd counts early
+    metadata: dict[str, Any] = {}
+    for i in range(n_kv):
+        key = cur.string(f"metadata key #{i}")
+        vtype = cur.unpack("<I", f"type of {key!r}")
+        metadata[key] = cur.value(vtype, f"metadata {key!r}")
+    infos = []
+    for i in range(n_tensors):
+        name = cur.string(f"tensor name #{i}")
+        n_dims = cur.unpack("<I", f"dims of {name!r}")
+        if not 1 <= n_dims <= MAX_DIMS:
+            raise GGUFFormatError(f"tensor {name!r}: {n_dims} dimensions (expected 1..{MAX_DIMS})")
+        ne = [cur.unpack("<Q", f"shape of {name!r}") for _ in range(n_dims)]
+        qtype = _tensor_type_name(cur.unpack("<I", f"type of {name!r}"))
+        offset = cur.unpack("<Q", f"offset of {name!r}")
+        infos.append((name, qtype, ne, offset))
+    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        raise GGUFFormatError(f"general.alignment {alignment!r} is not a power of two")
+    data_offset = -(-cur.pos // alignment) * alignment
+    tensors = []
+    for name, qtype, ne, offset in infos:
+        n_bytes = _tensor_bytes(name, qtype, ne)
+        start = data_offset + offset
+        if start + n_bytes > len(buf):
+            raise GGUFFormatError(
+                f"truncated: tensor {name!r} needs bytes {start}..{start + n_bytes} but the file has {len(buf)}"
+            )
+        tensors.append(TensorEntry(name, qtype, tuple(reversed(ne)), start, n_bytes))
+    return GGUFHeader(version, metadata, tensors, data_offset)

@@ -1,0 +1,93 @@
+"""HF-layout model directories: config.json + *.safetensors (memory-mapped), tokenizer files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from .checkpoint import ArchitectureHint, ModelFileError, RawTensor
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+
+
+def refuse_pickle(path: Path) -> None:
+    raise ModelFileError(
+        path,
+        "pickle checkpoints (.bin/.pt/.pth) are refused because unpickling runs arbitrary code; "
+        "convert the model to safetensors (or GGUF) first",
+    )
+
+
+def detect(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+class SafetensorsCheckpoint:
+    format = "safetensors"
+
+    def __init__(self, path: Path):
+        from safetensors import safe_open
+
+        self.path = Path(path)
+        try:
+            self.metadata: dict[str, Any] = json.loads((self.path / "config.json").read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelFileError(self.path / "config.json", f"unreadable config: {exc}") from exc
+        files = sorted(self.path.glob("*.safetensors"))
+        if not files:
+            if any(p.suffix in PICKLE_SUFFIXES for p in self.path.iterdir()):
+                refuse_pickle(self.path)
+            raise ModelFileError(self.path, "no *.safetensors weight files in the model directory")
+        self._handles = []
+        self._where: dict[str, Any] = {}
+        for file in files:
+            try:
+                handle = safe_open(str(file), framework="pt")
+            except Exception as exc:  # safetensors raises its own error types on bad headers
+                raise ModelFileError(file, f"cannot read safetensors file: {exc}") from exc
+            self._handles.append(handle)
+            for name in handle.keys():
+                self._where[name] = handle
+        self.generation_config: dict[str, Any] = {}
+        gen = self.path / "generation_config.json"
+        if gen.is_file():
+            self.generation_config = json.loads(gen.read_text())
+
+    def architecture(self) -> ArchitectureHint:
+        archs = self.metadata.get("architectures") or []
+        if not isinstance(archs, list):
+            raise ModelFileError(self.path / "config.json", "'architectures' must be a list of class names")
+        return ArchitectureHint(hf=[str(a) for a in archs])
+
+    def tensor_names(self) -> list[str]:
+        return list(self._where)
+
+    def tensor(self, name: str) -> RawTensor:
+        t = self._where[name].get_tensor(name)
+        qtype = _DTYPE_NAMES.get(t.dtype)
+        if qtype is None:
+            raise ModelFileError(self.path, f"tensor {name!r} has unsupported dtype {t.dtype}")
+        return RawTensor(name, qtype, tuple(t.shape), t)
+
+    def tensors(self) -> Iterator[RawTensor]:
+        for name in self._where:
+            yield self.tensor(name)
+
+    def file_tensor_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.path.glob("*.safetensors"))
+
+    def tokenizer(self) -> Any:
+        from ..tokenizer.text_tokenizer import tokenizer_from_hf_dir
+
+        try:
+            return tokenizer_from_hf_dir(self.path)
+        except (ValueError, OSError) as exc:
+            raise ModelFileError(self.path, f"tokenizer: {exc}") from exc
+
+
+def open_safetensors(path: Path, known_types: set[str] | None = None) -> SafetensorsCheckpoint:
+    return SafetensorsCheckpoint(path)

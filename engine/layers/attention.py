@@ -1,0 +1,33 @@
+"""Attention over the KV cache: write the step's K/V, then attend per sequence segment."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..batch import AttentionBatch
+from ..kv_cache import KVCache
+
+
+def cached_attention(
+    q: torch.Tensor,  # [T, heads, head_dim]
+    k: torch.Tensor,  # [T, kv_heads, head_dim]
+    v: torch.Tensor,  # [T, kv_heads, v_head_dim]
+    cache: KVCache,
+    layer: int,
+    batch: AttentionBatch,
+    scale: float | None = None,
+    window: int | None = None,
+) -> torch.Tensor:
+    """Returns [T, heads, v_head_dim]."""
+    cache.write(layer, batch.slot_mapping, k, v)
+    k_cache, v_cache = cache.k[layer], cache.v[layer]
+    out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
+    for seg, mask in zip(batch.segments, batch.masks(window)):
+        qs = q[seg.q_slice].transpose(0, 1).unsqueeze(0)  # [1, H, q_len, D]
+        ks = k_cache[seg.kv_slots].transpose(0, 1).unsqueeze(0)  # [1, Hkv, ctx, D]
+        vs = v_cache[seg.kv_slots].transpose(0, 1).unsqueeze(0)
+        causal = mask is None and seg.q_len > 1
+        o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=True)
+        out[seg.q_slice] = o.squeeze(0).transpose(0, 1)
+    return out

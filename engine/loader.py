@@ -1,0 +1,106 @@
+"""Resolve a model config to a loaded module: source -> format -> family -> weights on a device."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from mistralrs.conf.schema import ModelConfig
+from mistralrs.registry import Registries, registries, resolve
+
+from .devices import pick_device, pick_dtype
+from .formats.checkpoint import ModelFileError
+from .quant.materialize import dense
+from .sources import resolve_source
+
+log = logging.getLogger(__name__)
+DEFAULT_MAX_SEQ_LEN = 4096
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: Any  # engine.tokenizer.TextTokenizer
+    checkpoint: Any
+    family: Any
+    config: Any
+    device: torch.device
+    dtype: torch.dtype
+    max_seq_len: int
+    architecture: str
+    load_seconds: float
+
+
+def open_checkpoint(path: Path, regs: Registries) -> Any:
+    known_types = set(regs.quant_types.names())
+    for entry in regs.formats:
+        if resolve(entry.spec.detect)(path):
+            return resolve(entry.spec.open)(path, known_types)
+    formats = ", ".join(regs.formats.names())
+    raise ModelFileError(path, f"not a recognized model ({formats}): expected a .gguf file or a directory with config.json")
+
+
+def _set_parameter(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    owner_name, _, attr = name.rpartition(".")
+    owner = model.get_submodule(owner_name) if owner_name else model
+    owner._parameters[attr] = nn.Parameter(value, requires_grad=False)
+
+
+def load_model(cfg: ModelConfig, regs: Registries | None = None) -> LoadedModel:
+    start = time.perf_counter()
+    regs = regs or registries()
+    path = resolve_source(cfg.source, sha256=cfg.sha256, revision=cfg.revision)
+    ckpt = open_checkpoint(path, regs)
+    hint = ckpt.architecture()
+    spec = regs.architectures.get(cfg.architecture) if cfg.architecture else None
+    if spec is None or (hint.gguf and hint.gguf not in spec.gguf_architectures) or (hint.hf and not set(hint.hf) & set(spec.hf_architectures)):
+        spec = regs.architecture_for(gguf=hint.gguf, hf=hint.hf)
+    family = spec.load()
+    model_cfg = family.config(ckpt)
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, device)
+
+    with torch.device("meta"):
+        model = family.build(model_cfg)
+    expected = dict(model.named_parameters())
+    tied = family.tied(model_cfg)
+    loaded: set[str] = set()
+    names = ckpt.tensor_names()
+    for target, raw in tqdm(family.weights(ckpt, model_cfg), total=len(names), desc="loading weights",
+                            unit="tensor", disable=None, leave=False):
+        param = expected.get(target)
+        if param is None:
+            raise ModelFileError(path, f"unexpected tensor {raw.name!r} for architecture {spec.name!r}")
+        if tuple(param.shape) != tuple(raw.shape):
+            raise ModelFileError(path, f"tensor {raw.name!r} has shape {list(raw.shape)}, expected {list(param.shape)}")
+        _set_parameter(model, target, dense(raw, dtype, device))
+        loaded.add(target)
+    for alias, source in tied.items():
+        if alias not in loaded:
+            _set_parameter(model, alias, model.get_parameter(source))
+            loaded.add(alias)
+    missing = sorted(set(expected) - loaded)
+    if missing:
+        raise ModelFileError(path, f"missing tensors for {spec.name!r}: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+    max_seq_len = min(cfg.max_seq_len or DEFAULT_MAX_SEQ_LEN, model_cfg.max_position_embeddings) \
+        if cfg.max_seq_len is None else cfg.max_seq_len
+    model.prepare(max_seq_len, device, dtype)
+    model.eval()
+    tokenizer = ckpt.tokenizer()
+    if cfg.tokenizer:
+        from .tokenizer.text_tokenizer import tokenizer_from_hf_dir
+
+        tokenizer = tokenizer_from_hf_dir(Path(cfg.tokenizer))
+    if cfg.chat_template:
+        template = Path(cfg.chat_template)
+        tokenizer.chat_template = template.read_text() if template.is_file() else cfg.chat_template
+    seconds = time.perf_counter() - start
+    log.info("loaded %s (%s, %s) on %s as %s in %.2fs", path.name, spec.name, ckpt.format, device, dtype, seconds)
+    return LoadedModel(model, tokenizer, ckpt, family, model_cfg, device, dtype, max_seq_len, spec.name, seconds)

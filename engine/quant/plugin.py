@@ -1,0 +1,34 @@
+"""Built-in tensor types (GGML's float and block-quantized types), registered like any plugin."""
+
+from mistralrs.registry import QuantTypeSpec, hookimpl
+
+# name, ggml type id, elements per block, bytes per block, what it is
+_TYPES = [
+    ("F32", 0, 1, 4, "32-bit float"),
+    ("F16", 1, 1, 2, "16-bit float"),
+    ("BF16", 30, 1, 2, "bfloat16"),
+    ("Q4_0", 2, 32, 18, "4-bit, group 32, scale"),
+    ("Q4_1", 3, 32, 20, "4-bit, group 32, scale and min"),
+    ("Q5_0", 6, 32, 22, "5-bit, group 32, scale"),
+    ("Q5_1", 7, 32, 24, "5-bit, group 32, scale and min"),
+    ("Q8_0", 8, 32, 34, "8-bit, group 32, scale"),
+    ("Q2_K", 10, 256, 84, "2-bit K-quant, super-block 256"),
+    ("Q3_K", 11, 256, 110, "3-bit K-quant, super-block 256"),
+    ("Q4_K", 12, 256, 144, "4-bit K-quant, super-block 256"),
+    ("Q5_K", 13, 256, 176, "5-bit K-quant, super-block 256"),
+    ("Q6_K", 14, 256, 210, "6-bit K-quant, super-block 256"),
+    ("Q8_K", 15, 256, 292, "8-bit K-quant (intermediate)"),
+]
+
+
+@hookimpl
+def register_quant_types(register):
+    for name, ggml_type, block, size, description in _TYPES:
+        register(QuantTypeSpec(
+            name=name,
+            ggml_type=ggml_type,
+            block_size=block,
+            type_size=size,
+            dequantize=f"mistralrs.engine.quant.dequant:dequantize_{name.lower()}",
+            description=description,
+        ))

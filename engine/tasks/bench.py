@@ -1,0 +1,94 @@
+"""``task=bench``: prompt (prefill) and decode tokens/s for the configured model, median of repeats.
+
+Under ``-m`` (multirun) each job appends one JSON row to ``<sweep dir>/bench.jsonl``; otherwise a
+row goes to ``bench.output`` when set.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from .common import load_llm
+
+# Any text works; it only has to tokenize to enough tokens, the same way every run.
+_FILLER = ("The history of computing is a story of abstraction layered on abstraction, from relays and vacuum "
+           "tubes to transistors, integrated circuits and the programs that run on them. ")
+
+
+def bench_prompt(tokenizer, n_tokens: int) -> list[int]:
+    ids = tokenizer.encode(_FILLER, add_special=False)
+    reps = -(-n_tokens // len(ids))
+    prefix = [tokenizer.bos_id] if tokenizer.add_bos and tokenizer.bos_id is not None else []
+    return (prefix + ids * reps)[:n_tokens]
+
+
+def time_one(llm, prompt: list[int], decode_tokens: int) -> tuple[float, float]:
+    from mistralrs.engine.sampler import SamplingParams
+
+    params = SamplingParams(max_tokens=decode_tokens, temperature=0.0, ignore_eos=True)
+    start = time.perf_counter()
+    first = None
+    count = 0
+    for event in llm._generator.run([prompt], [params]):
+        count += 1
+        if first is None:
+            first = time.perf_counter()
+    end = time.perf_counter()
+    prefill = len(prompt) / (first - start)
+    decode = (count - 1) / (end - first) if count > 1 else float("nan")
+    return prefill, decode
+
+
+def run(cfg: DictConfig) -> dict:
+    llm = load_llm(cfg)
+    b = cfg.bench
+    prompt = bench_prompt(llm.tokenizer, int(b.prompt_tokens))
+    for _ in range(int(b.warmup)):
+        time_one(llm, prompt[: min(len(prompt), 32)], 8)
+    results = [time_one(llm, prompt, int(b.decode_tokens)) for _ in range(int(b.repeats))]
+    row = {
+        "model": cfg.model.name,
+        "source": str(cfg.model.source),
+        "architecture": llm.loaded.architecture,
+        "quant": cfg.quant.type,
+        "dtype": str(llm.loaded.dtype).removeprefix("torch."),
+        "device": str(llm.loaded.device),
+        "threads": torch.get_num_threads(),
+        "prompt_tokens": len(prompt),
+        "decode_tokens": int(b.decode_tokens),
+        "repeats": int(b.repeats),
+        "prefill_tok_s": round(statistics.median(r[0] for r in results), 2),
+        "decode_tok_s": round(statistics.median(r[1] for r in results), 2),
+        "load_s": round(llm.loaded.load_seconds, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    print(f"{row['model']} ({row['architecture']}, {row['dtype']}, {row['device']}, {row['threads']} threads): "
+          f"prompt {row['prefill_tok_s']} tok/s ({row['prompt_tokens']} tokens), "
+          f"decode {row['decode_tok_s']} tok/s ({row['decode_tokens']} tokens), "
+          f"load {row['load_s']} s, peak RSS {row['peak_rss_mb']} MB  [median of {row['repeats']}]")
+    out = _output_path(b.output)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+    return row
+
+
+def _output_path(configured: str | None) -> Path | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(HydraConfig.get().sweep.dir) / "bench.jsonl"
+    return Path(configured) if configured else None

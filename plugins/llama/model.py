@@ -1,0 +1,88 @@
+"""The Llama architecture: pre-norm decoder blocks of GQA attention with RoPE and a SwiGLU MLP."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mistralrs.engine.batch import AttentionBatch
+from mistralrs.engine.kv_cache import KVCache, KVCacheSpec
+from mistralrs.engine.layers.attention import cached_attention
+from mistralrs.engine.layers.mlp import GatedMLP
+from mistralrs.engine.layers.norms import RMSNorm
+from mistralrs.engine.layers.rope import RotaryEmbedding, apply_rope
+
+from .config import LlamaConfig
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, cfg: LlamaConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        bias = cfg.attention_bias
+        self.q_proj = nn.Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=bias)
+        self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=bias)
+        self.window: int | None = None  # sliding-window families set this per layer
+
+    def forward(self, x, rope: tuple[torch.Tensor, torch.Tensor], cache: KVCache, batch: AttentionBatch):
+        t = x.shape[0]
+        q = self.q_proj(x).view(t, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(t, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        o = cached_attention(q, k, v, cache, self.layer, batch, window=self.window)
+        return self.o_proj(o.reshape(t, -1))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, cfg: LlamaConfig, layer: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = LlamaAttention(cfg, layer)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, "silu", cfg.mlp_bias)
+
+    def forward(self, x, rope, cache, batch):
+        x = x + self.self_attn(self.input_layernorm(x), rope, cache, batch)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i) for i in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class LlamaForCausalLM(nn.Module):
+    """forward(ids, batch, cache) -> final normed hidden states [T, hidden]; logits(hidden) -> [N, vocab]."""
+
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = LlamaModel(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.rotary: RotaryEmbedding | None = None
+
+    def cache_spec(self) -> KVCacheSpec:
+        c = self.config
+        return KVCacheSpec(c.num_layers, c.num_kv_heads, c.head_dim)
+
+    def prepare(self, max_positions: int, device: torch.device, dtype: torch.dtype) -> None:
+        """Build what is not a checkpoint tensor (RoPE tables) once weights are on the device."""
+        self.rotary = RotaryEmbedding(self.config.rope, max_positions, device, dtype)
+
+    def forward(self, input_ids: torch.Tensor, batch: AttentionBatch, cache: KVCache) -> torch.Tensor:
+        assert self.rotary is not None, "call prepare() after loading weights"
+        x = self.model.embed_tokens(input_ids)
+        rope = self.rotary.tables(batch.positions)
+        for layer in self.model.layers:
+            x = layer(x, rope, cache, batch)
+        return self.model.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden).float()

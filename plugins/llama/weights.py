@@ -1,0 +1,63 @@
+"""Checkpoint tensor names -> module parameter names for the Llama family."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterator
+
+from mistralrs.engine.formats.checkpoint import RawTensor
+from mistralrs.engine.formats.transforms import unpermute_gguf_rope_rows
+
+from .config import LlamaConfig
+
+# GGUF block tensor suffix -> HF-style module path inside model.layers.{i}
+GGUF_BLOCK_NAMES = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+GGUF_TOP_NAMES = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+}
+GGUF_NOT_PARAMETERS = {"rope_freqs.weight"}  # read into the config instead
+_BLOCK = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
+
+
+def gguf_target(name: str, block_names: dict[str, str] = GGUF_BLOCK_NAMES,
+                top_names: dict[str, str] = GGUF_TOP_NAMES) -> str | None:
+    if m := _BLOCK.match(name):
+        layer, part, kind = m.groups()
+        return f"model.layers.{layer}.{block_names[part]}.{kind}" if part in block_names else None
+    stem, _, kind = name.rpartition(".")
+    return f"{top_names[stem]}.{kind}" if stem in top_names else None
+
+
+def gguf_weights(ckpt: Any, cfg: LlamaConfig, unpermute_rope: bool = True) -> Iterator[tuple[str, RawTensor]]:
+    for name in ckpt.tensor_names():
+        if name in GGUF_NOT_PARAMETERS:
+            continue
+        raw = ckpt.tensor(name)
+        target = gguf_target(name)
+        if target is None:
+            yield name, raw  # the loader reports it as unexpected
+            continue
+        if unpermute_rope and target.endswith("self_attn.q_proj.weight"):
+            raw = unpermute_gguf_rope_rows(raw, cfg.num_heads)
+        elif unpermute_rope and target.endswith("self_attn.k_proj.weight"):
+            raw = unpermute_gguf_rope_rows(raw, cfg.num_kv_heads)
+        yield target, raw
+
+
+def hf_weights(ckpt: Any) -> Iterator[tuple[str, RawTensor]]:
+    for name in ckpt.tensor_names():
+        if name.endswith("rotary_emb.inv_freq"):  # a buffer some old checkpoints saved
+            continue
+        yield name, ckpt.tensor(name)

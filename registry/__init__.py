@@ -1,0 +1,25 @@
+"""The plugin system: hookspecs, the plugin manager, entry-point loading and the registries."""
+
+from .errors import DuplicateRegistration, PluginLoadError, RegistryError, UnknownName
+from .hookspecs import hookimpl
+from .manager import PluginHost, Registries, Registry, plugin_host, registries, reset_plugin_host
+from .specs import AdapterSpec, ArchitectureSpec, FormatSpec, QuantTypeSpec, resolve
+
+__all__ = [
+    "AdapterSpec",
+    "ArchitectureSpec",
+    "DuplicateRegistration",
+    "FormatSpec",
+    "PluginHost",
+    "PluginLoadError",
+    "QuantTypeSpec",
+    "Registries",
+    "Registry",
+    "RegistryError",
+    "UnknownName",
+    "hookimpl",
+    "plugin_host",
+    "registries",
+    "reset_plugin_host",
+    "resolve",
+]
