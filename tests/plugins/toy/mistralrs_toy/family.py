@@ -1,0 +1,8 @@
+from mistralrs.plugins.llama.family import LlamaFamily
+
+
+class ToyFamily(LlamaFamily):
+    name = "toy"
+
+
+family = ToyFamily()

@@ -1,0 +1,75 @@
+"""SmolLM2-135M-Instruct Q4_1 (the real GGUF from PyPI) against llama.cpp and the float reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import mistralrs
+from conftest import load_reference
+
+STEM = "smollm2-135m-instruct-q4_1"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def llm(smollm2_gguf):
+    return mistralrs.load("model=smollm2", f"model.source={smollm2_gguf}", "model.dtype=float32", "model.device=cpu")
+
+
+@pytest.fixture(scope="module")
+def float_ref():
+    return load_reference(STEM, "transformers")
+
+
+@pytest.fixture(scope="module")
+def llamacpp_ref():
+    return load_reference(STEM, "llamacpp")
+
+
+def test_top_logits_match_float_reference_at_every_position(llm, float_ref):
+    meta, arrays = float_ref
+    for i, prompt in enumerate(meta["prompts"]):
+        logits = llm.logits(prompt["ids"])
+        top_ids = torch.from_numpy(arrays[f"p{i}_top_ids"]).long()
+        expected = torch.from_numpy(arrays[f"p{i}_top_logits"])
+        got = logits.gather(1, top_ids)
+        err = (got - expected).abs().max().item()
+        assert err < 0.02, f"prompt {i}: top-32 logits differ by {err}"
+        last = torch.from_numpy(arrays[f"p{i}_last_logits"])
+        assert (logits[-1] - last).abs().max().item() < 0.02
+
+
+def test_greedy_tokens_equal_float_reference(llm, float_ref):
+    from mistralrs.engine.sampler import SamplingParams
+
+    meta, _ = float_ref
+    params = SamplingParams(max_tokens=32, temperature=0.0, ignore_eos=True)
+    for prompt in meta["prompts"]:
+        tokens = [e.token for e in llm._generator.run([prompt["ids"]], [params])]
+        assert tokens == prompt["greedy_ids"], f"prompt {prompt['index']}"
+
+
+def test_batched_greedy_equals_single(llm, float_ref):
+    from mistralrs.engine.sampler import SamplingParams
+
+    meta, _ = float_ref
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    prompts = [p["ids"] for p in meta["prompts"]]
+    together: dict[int, list[int]] = {i: [] for i in range(len(prompts))}
+    for e in llm._generator.run(prompts, [params] * len(prompts)):
+        together[e.index].append(e.token)
+    for i, prompt in enumerate(meta["prompts"]):
+        assert together[i] == prompt["greedy_ids"][:12]
+
+
+def test_argmax_agrees_with_llamacpp(llm, llamacpp_ref):
+    meta, arrays = llamacpp_ref
+    agree = total = 0
+    for i, prompt in enumerate(meta["prompts"]):
+        ours = llm.logits(prompt["ids"]).argmax(-1).numpy()
+        theirs = arrays[f"p{i}_top_ids"][:, 0]
+        agree += int(np.sum(ours == theirs))
+        total += len(theirs)
+    assert agree / total >= 0.90, f"argmax agreement with llama.cpp {agree}/{total}"
