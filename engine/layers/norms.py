@@ -14,7 +14,7 @@ class RMSNorm(nn.Module):
 
     def __init__(self, dim: int, eps: float, offset: float = 0.0):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(dim), requires_grad=False)
+        self.weight = nn.Parameter(torch.empty(dim, device="meta"), requires_grad=False)
         self.eps = eps
         self.offset = offset
 
