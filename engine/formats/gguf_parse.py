@@ -10,6 +10,8 @@ a huge allocation.
 
 from __future__ import annotations
 
+import mmap
+import os
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -129,9 +131,10 @@ def _tensor_bytes(name: str, qtype: str, ne: list[int]) -> int:
 
 def parse_gguf(buf: memoryview) -> GGUFHeader:
     cur = _Cursor(buf)
-    cur.need(4, "magic")
+    if len(buf) < 4:
+        raise GGUFFormatError(f"not a GGUF file ({len(buf)} bytes)")
     if bytes(buf[:4]) != MAGIC:
-        raise GGUFFormatError(f"bad magic {bytes(buf[:4])!r}, expected {MAGIC!r}")
+        raise GGUFFormatError(f"not a GGUF file (bad magic {bytes(buf[:4])!r}, expected {MAGIC!r})")
     cur.pos = 4
     version = cur.unpack("<I", "version")
     if version not in (2, 3):
@@ -168,3 +171,16 @@ def parse_gguf(buf: memoryview) -> GGUFHeader:
             )
         tensors.append(TensorEntry(name, qtype, tuple(reversed(ne)), start, n_bytes))
     return GGUFHeader(version, metadata, tensors, data_offset)
+
+
+def read_gguf_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """All key/value metadata of a GGUF file as plain Python values."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise GGUFFormatError(f"{path}: not a GGUF file (empty)")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            view = memoryview(mm)
+            try:
+                return parse_gguf(view).metadata
+            finally:
+                view.release()

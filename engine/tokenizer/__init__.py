@@ -1,0 +1,21 @@
+"""Tokenizers with llama.cpp's exact behaviour, chat templates and streaming detokenization."""
+
+from .chat_template import DEFAULT_CHATML_TEMPLATE, ChatTemplateError, render_chat
+from .text_tokenizer import (
+    IncrementalDetokenizer,
+    TextTokenizer,
+    TokenizerError,
+    tokenizer_from_gguf,
+    tokenizer_from_hf_dir,
+)
+
+__all__ = [
+    "DEFAULT_CHATML_TEMPLATE",
+    "ChatTemplateError",
+    "IncrementalDetokenizer",
+    "TextTokenizer",
+    "TokenizerError",
+    "render_chat",
+    "tokenizer_from_gguf",
+    "tokenizer_from_hf_dir",
+]

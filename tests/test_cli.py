@@ -1,0 +1,85 @@
+"""The Hydra command line, run as a user would: real subprocesses on a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cli_helpers import run_cli
+
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from tiny_models import make_tiny_llama
+
+    path = tmp_path_factory.mktemp("tiny") / "llama"
+    make_tiny_llama(path)
+    return path
+
+
+def test_generate_streams_text_and_leaves_no_output_folders(tiny_dir, tmp_path):
+    result = run_cli("task=generate", "model=llama", f"model.source={tiny_dir}", "prompt=hello",
+                     "sampling.max_tokens=8", "sampling.temperature=0", "sampling.ignore_eos=true", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()  # random weights: some text, whatever it is
+    assert list(tmp_path.iterdir()) == []  # no outputs/, .hydra/ or log files
+
+
+def test_chat_one_turn_uses_a_template(tiny_dir, tmp_path):
+    result = run_cli("task=chat", "model=llama", f"model.source={tiny_dir}", "prompt=hi",
+                     "sampling.max_tokens=4", "sampling.temperature=0", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_interactive_chat_reads_turns_until_eof(tiny_dir, tmp_path):
+    result = run_cli("task=chat", "model=llama", f"model.source={tiny_dir}", "sampling.max_tokens=3",
+                     "sampling.temperature=0", cwd=tmp_path, input="hello\n/reset\nagain\n")
+    assert result.returncode == 0, result.stderr
+    assert "ready" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["task=generate", "model=llama", "prompt=x"], "model.source"),
+    (["task=generate", "model=llama", "model.source=/nonexistent/model.gguf", "prompt=x"], "no such file"),
+    (["task=generate"], "needs a prompt"),
+    (["task=nonsense"], "unknown task"),
+    (["task=generate", "prompt=x", "model=llama", "model.source=/etc/hostname"], "not a recognized model"),
+    (["task=generate", "prompt=x", "model=llama", "model.dtype=float64", "model.source=TINY"], "model.dtype"),
+    (["task=generate", "prompt=x", "model=llama", "sampling.top_p=7", "model.source=TINY"], "top_p"),
+])
+def test_bad_input_gives_one_clear_line(tiny_dir, tmp_path, args, message):
+    args = [a.replace("TINY", str(tiny_dir)) for a in args]
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_pickle_checkpoints_are_refused(tmp_path):
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04not really")
+    result = run_cli("task=generate", "model=llama", f"model.source={tmp_path / 'pytorch_model.bin'}", "prompt=x")
+    assert result.returncode == 2 and "pickle" in result.stderr
+
+
+def test_bench_multirun_writes_one_row_per_job(tiny_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli("-m", "task=bench", "model=llama", f"model.source={tiny_dir}", "bench.prompt_tokens=16,32",
+                     "bench.decode_tokens=4", "bench.repeats=1", "bench.warmup=0", f"hydra.sweep.dir={sweep}",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (sweep / "bench.jsonl").read_text().splitlines()]
+    assert sorted(r["prompt_tokens"] for r in rows) == [16, 32]
+    for row in rows:
+        assert row["prefill_tok_s"] > 0 and row["decode_tok_s"] > 0 and row["model"] == "llama"
+    assert "decode" in result.stdout
+
+
+def test_help_lists_groups():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for group in ("model:", "quant:", "engine:", "sampling:", "serve:"):
+        assert group in result.stdout
+    assert "smollm2" in result.stdout
