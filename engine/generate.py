@@ -74,7 +74,7 @@ class Generator:
 
     @torch.inference_mode()
     def run(self, prompts: list[list[int]], params: list[SamplingParams]) -> Iterator[GenerationEvent]:
-        from .tokenizer.text_tokenizer import IncrementalDetokenizer
+        from .tokenizer.detokenizer import IncrementalDetokenizer
 
         model, device, tok = self.loaded.model, self.loaded.device, self.loaded.tokenizer
         for ids in prompts:

@@ -95,7 +95,7 @@ def load_model(cfg: ModelConfig, regs: Registries | None = None) -> LoadedModel:
     model.eval()
     tokenizer = ckpt.tokenizer()
     if cfg.tokenizer:
-        from .tokenizer.text_tokenizer import tokenizer_from_hf_dir
+        from .tokenizer.hf_vocab import tokenizer_from_hf_dir
 
         tokenizer = tokenizer_from_hf_dir(Path(cfg.tokenizer))
     if cfg.chat_template:

@@ -36,17 +36,6 @@ def test_logits_match_transformers(tmp_path, variant):
         torch.testing.assert_close(got, expected[row], atol=ATOL, rtol=0)
 
 
-def test_rope_theta_read_from_rope_parameters(tmp_path):
-    # transformers 5 writes rope_theta inside rope_parameters; a wrong theta changes the logits
-    ref_model = make_tiny_llama(tmp_path / "m", rope_theta=500.0)
-    import json
-    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert "rope_theta" not in cfg or cfg.get("rope_parameters")
-    llm = load(tmp_path / "m")
-    ids = list(range(3, 40))
-    torch.testing.assert_close(llm.logits(ids), reference_logits(ref_model, [ids])[0], atol=ATOL, rtol=0)
-
-
 def test_greedy_decode_with_kv_cache_matches_transformers(tmp_path):
     ref_model = make_tiny_llama(tmp_path / "m")
     llm = load(tmp_path / "m")
@@ -59,3 +48,23 @@ def test_greedy_decode_with_kv_cache_matches_transformers(tmp_path):
     events = list(llm._generator.run([ids], [mistralrs.engine.sampler.SamplingParams(
         max_tokens=8, temperature=0.0, ignore_eos=True)]))
     assert [e.token for e in events] == expected
+
+
+@pytest.mark.parametrize("style", ["top-level", "rope_parameters"])
+def test_rope_theta_from_either_config_style(tmp_path, style):
+    import json
+
+    ref_model = make_tiny_llama(tmp_path / "m", rope_theta=500.0)
+    path = tmp_path / "m" / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg.pop("rope_theta", None)
+    cfg.pop("rope_parameters", None)
+    cfg.pop("rope_scaling", None)
+    if style == "top-level":  # transformers 4.x
+        cfg["rope_theta"] = 500.0
+    else:  # transformers 5
+        cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": 500.0}
+    path.write_text(json.dumps(cfg))
+    llm = load(tmp_path / "m")
+    ids = list(range(3, 40))
+    torch.testing.assert_close(llm.logits(ids), reference_logits(ref_model, [ids])[0], atol=ATOL, rtol=0)

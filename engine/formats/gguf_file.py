@@ -79,7 +79,7 @@ class GGUFCheckpoint:
         return sum(e.n_bytes for e in self._entries.values())
 
     def tokenizer(self) -> Any:
-        from ..tokenizer.text_tokenizer import tokenizer_from_gguf
+        from ..tokenizer.gguf_vocab import tokenizer_from_gguf
 
         try:
             return tokenizer_from_gguf(self.metadata)

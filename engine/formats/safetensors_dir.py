@@ -81,7 +81,7 @@ class SafetensorsCheckpoint:
         return sum(f.stat().st_size for f in self.path.glob("*.safetensors"))
 
     def tokenizer(self) -> Any:
-        from ..tokenizer.text_tokenizer import tokenizer_from_hf_dir
+        from ..tokenizer.hf_vocab import tokenizer_from_hf_dir
 
         try:
             return tokenizer_from_hf_dir(self.path)
