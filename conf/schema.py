@@ -35,8 +35,12 @@ class QuantConfig:
 @dataclass
 class EngineConfig:
     threads: Optional[int] = None  # torch intra-op threads; default: all cores
-    max_seqs: int = 16
-    kv_cache_tokens: Optional[int] = None  # default: max_seq_len tokens per sequence slot used
+    max_seqs: int = 16  # sequences decoded together
+    max_batch_tokens: int = 2048  # tokens per step (prefill chunks + decodes)
+    max_waiting: int = 256  # queued requests beyond this get 503 + Retry-After
+    block_size: int = 16  # tokens per KV cache block
+    kv_cache_tokens: Optional[int] = None  # KV pool size; default: what kv_cache_memory_gb holds
+    kv_cache_memory_gb: float = 2.0
     strict_plugins: bool = False  # a plugin that fails to import becomes fatal
 
 

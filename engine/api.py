@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -18,9 +19,11 @@ from omegaconf import DictConfig
 from mistralrs.conf.schema import Config
 
 from .config import compose_config, to_schema
-from .generate import Generator
+from .llm_engine import LLMEngine
 from .loader import LoadedModel, load_model
+from .model_runner import full_logits
 from .sampler import SamplingParams
+from .sequence import SeqEvent
 
 _SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
 
@@ -43,7 +46,7 @@ class LLM:
     def __init__(self, config: Config, loaded: LoadedModel):
         self.config = config
         self.loaded = loaded
-        self._generator = Generator(loaded)
+        self.engine = LLMEngine(loaded, config.engine)
 
     @classmethod
     def from_config(cls, cfg: DictConfig | Config) -> "LLM":
@@ -96,13 +99,41 @@ class LLM:
 
     def logits(self, token_ids: Sequence[int]) -> torch.Tensor:
         """Logits at every position for one full sequence: ``[len, vocab]`` float32 on the CPU."""
-        return self._generator.logits(list(token_ids)).cpu()
+        ids = list(token_ids)
+        if not ids:
+            raise ValueError("logits() needs at least one token")
+        if len(ids) > self.loaded.max_seq_len:
+            raise ValueError(f"{len(ids)} tokens exceed the context of {self.loaded.max_seq_len}")
+        return full_logits(self.loaded.model, ids, self.loaded.dtype, self.loaded.device).cpu()
+
+    def run(self, prompts: list[list[int]], **sampling: Any) -> Iterator[tuple[int, SeqEvent]]:
+        """Generate for token-id prompts through the engine; yields ``(prompt index, event)`` per
+        sampled token. ``max_tokens`` is clamped to the room left in the context."""
+        params = sampling_from(self.config.sampling, sampling)
+        events: deque[tuple[int, SeqEvent]] = deque()
+        seqs = []
+        try:
+            for i, ids in enumerate(prompts):
+                room = self.loaded.max_seq_len - len(ids)
+                if room < 1:
+                    raise ValueError(f"the prompt has {len(ids)} tokens; the context holds {self.loaded.max_seq_len} "
+                                     f"(raise model.max_seq_len if the model allows more)")
+                p = dataclasses.replace(params, max_tokens=min(params.max_tokens, room), n=1)
+                seqs += self.engine.add_request(ids, p, lambda ev, i=i: events.append((i, ev)))
+            while any(not s.is_finished for s in seqs):
+                self.engine.step()
+                while events:
+                    yield events.popleft()
+            while events:
+                yield events.popleft()
+        finally:
+            for s in seqs:
+                self.engine.abort(s)
 
     def _events(self, ids: list[list[int]], sampling: dict[str, Any]) -> Iterator[tuple[int, str]]:
-        params = sampling_from(self.config.sampling, sampling)
-        for event in self._generator.run(ids, [params] * len(ids)):
+        for index, event in self.run(ids, **sampling):
             if event.text:
-                yield event.index, event.text
+                yield index, event.text
 
 
 def load(*overrides: str, **kwargs: Any) -> LLM:

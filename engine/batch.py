@@ -74,3 +74,23 @@ def contiguous_batch(starts: list[int], q_lens: list[int], past_lens: list[int],
         slot_mapping=torch.cat(slots).to(device),
         segments=segments,
     )
+
+
+def paged_batch(chunks: list[tuple[list[int], int, int]], block_size: int, device: torch.device) -> AttentionBatch:
+    """A batch over a paged cache. Each chunk is (block table, tokens already cached, new tokens);
+    slot of position p = table[p // block_size] * block_size + p % block_size."""
+    positions, slots, segments = [], [], []
+    offsets = torch.arange(block_size)
+    q_start = 0
+    for table, cached, n in chunks:
+        ctx = cached + n
+        kv_slots = (torch.tensor(table[: -(-ctx // block_size)]).unsqueeze(1) * block_size + offsets).flatten()[:ctx]
+        positions.append(torch.arange(cached, ctx))
+        slots.append(kv_slots[cached:])
+        segments.append(SeqSegment(q_start, n, ctx, kv_slots.to(device)))
+        q_start += n
+    return AttentionBatch(
+        positions=torch.cat(positions).to(device),
+        slot_mapping=torch.cat(slots).to(device),
+        segments=segments,
+    )

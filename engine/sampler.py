@@ -1,10 +1,17 @@
-"""Batched token sampling: each row of the logits has its own parameters and random generator."""
+"""Batched token sampling: each row of the logits has its own parameters and random generator.
+
+Order per row, as vLLM and the OpenAI API define it: logit bias and penalties adjust the logits;
+logprobs are reported from the model's raw distribution; then temperature, top-k, top-p and min-p
+filter what a draw may pick. Greedy rows (temperature 0) take the argmax of the adjusted logits.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
+
+MAX_TOP_LOGPROBS = 20
 
 
 @dataclass
@@ -17,65 +24,150 @@ class SamplingParams:
     seed: int | None = None
     ignore_eos: bool = False
     stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    n: int = 1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    logprobs: int | None = None  # None: no logprobs; k: the chosen token's and the k best
+    prompt_logprobs: int | None = None  # the same for every prompt position (echo)
 
-    def validate(self) -> "SamplingParams":
+    def validate(self, vocab_size: int | None = None) -> "SamplingParams":
+        """Raise ValueError naming the offending field (the server maps it to `param`)."""
         checks = [
-            (self.max_tokens >= 1, "max_tokens must be >= 1"),
-            (self.temperature >= 0, "temperature must be >= 0"),
-            (self.top_k >= 0, "top_k must be >= 0"),
-            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-            (0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
-            (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings"),
+            ("max_tokens", self.max_tokens >= 1, "must be >= 1"),
+            ("temperature", 0 <= self.temperature <= 100, "must be in [0, 100]"),
+            ("top_k", self.top_k >= 0, "must be >= 0"),
+            ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
+            ("min_p", 0 <= self.min_p <= 1, "must be in [0, 1]"),
+            ("stop", all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings"),
+            ("n", 1 <= self.n <= 128, "must be in [1, 128]"),
+            ("presence_penalty", -2 <= self.presence_penalty <= 2, "must be in [-2, 2]"),
+            ("frequency_penalty", -2 <= self.frequency_penalty <= 2, "must be in [-2, 2]"),
+            ("repetition_penalty", 0 < self.repetition_penalty <= 10, "must be in (0, 10]"),
+            ("logit_bias", all(-100 <= v <= 100 for v in self.logit_bias.values()), "values must be in [-100, 100]"),
+            ("logprobs", self.logprobs is None or 0 <= self.logprobs <= MAX_TOP_LOGPROBS,
+             f"must be in [0, {MAX_TOP_LOGPROBS}]"),
+            ("prompt_logprobs", self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= MAX_TOP_LOGPROBS,
+             f"must be in [0, {MAX_TOP_LOGPROBS}]"),
         ]
-        for ok, message in checks:
+        if vocab_size is not None:
+            in_vocab = lambda ids: all(0 <= int(t) < vocab_size for t in ids)  # noqa: E731
+            checks.append(("logit_bias", in_vocab(self.logit_bias), f"token ids must be in [0, {vocab_size})"))
+            checks.append(("stop_token_ids", in_vocab(self.stop_token_ids), f"token ids must be in [0, {vocab_size})"))
+        for name, ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise InvalidSamplingParam(name, f"{name} {message}")
         return self
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0 or self.top_k == 1
 
+    @property
+    def penalized(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
+
+
+class InvalidSamplingParam(ValueError):
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass
+class SampleRow:
+    """What the sampler needs to know about one sequence this step."""
+
+    params: SamplingParams
+    generator: torch.Generator | None
+    prompt_ids: list[int]
+    output_ids: list[int]
+
+
+@dataclass
+class Sampled:
+    tokens: list[int]
+    logprobs: list[tuple[float, list[tuple[int, float]]] | None]  # (chosen logprob, top-k pairs) per row
+
 
 class Sampler:
-    """Picks one token per row. Greedy rows take the argmax; others go through temperature,
-    top-k, top-p and min-p filtering, then a draw from that row's own generator."""
-
-    def __call__(self, logits: torch.Tensor, params: list[SamplingParams],
-                 generators: list[torch.Generator | None]) -> torch.Tensor:
+    def __call__(self, logits: torch.Tensor, rows: list[SampleRow]) -> Sampled:
+        logits = logits.float()
+        want_logprobs = [r.params.logprobs is not None for r in rows]
+        raw_logprobs = logits.log_softmax(dim=-1) if any(want_logprobs) else None
+        logits = self._adjust(logits, rows)
         tokens = logits.argmax(dim=-1)
-        random_rows = [i for i, p in enumerate(params) if not p.greedy]
-        if not random_rows:
-            return tokens
-        rows = torch.tensor(random_rows, device=logits.device)
-        probs = self._filtered_probs(logits[rows].float(), [params[i] for i in random_rows])
-        for j, i in enumerate(random_rows):
-            tokens[i] = torch.multinomial(probs[j], 1, generator=generators[i]).squeeze(0)
-        return tokens
+        random_rows = [i for i, r in enumerate(rows) if not r.params.greedy]
+        if random_rows:
+            index = torch.tensor(random_rows, device=logits.device)
+            probs = filtered_probs(logits[index], [rows[i].params for i in random_rows])
+            for j, i in enumerate(random_rows):
+                tokens[i] = torch.multinomial(probs[j], 1, generator=rows[i].generator).squeeze(0)
+        chosen = tokens.tolist()
+        out_logprobs: list = [None] * len(rows)
+        if raw_logprobs is not None:
+            for i, r in enumerate(rows):
+                if r.params.logprobs is not None:
+                    out_logprobs[i] = token_logprobs(raw_logprobs[i], chosen[i], r.params.logprobs)
+        return Sampled(chosen, out_logprobs)
 
     @staticmethod
-    def _filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
-        device = logits.device
-        temperature = torch.tensor([p.temperature for p in params], device=device).unsqueeze(1)
-        logits = logits / temperature
-        top_k = [p.top_k for p in params]
-        if any(top_k):
-            sorted_desc = logits.sort(dim=-1, descending=True).values
-            k = torch.tensor([k if k > 0 else logits.shape[-1] for k in top_k], device=device).clamp(max=logits.shape[-1])
-            kth = sorted_desc.gather(1, (k - 1).unsqueeze(1))
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = logits.softmax(dim=-1)
-        top_p = torch.tensor([p.top_p for p in params], device=device).unsqueeze(1)
-        if (top_p < 1).any():
-            sorted_probs, order = probs.sort(dim=-1, descending=True)
-            before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of strictly better tokens
-            drop_sorted = before >= top_p  # keep the smallest prefix reaching top_p (always >= 1 token)
-            drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
-            probs = probs.masked_fill(drop, 0.0)
-        min_p = torch.tensor([p.min_p for p in params], device=device).unsqueeze(1)
-        if (min_p > 0).any():
-            probs = probs.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, 0.0)
-        return probs / probs.sum(dim=-1, keepdim=True)
+    def _adjust(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
+        touched = [i for i, r in enumerate(rows) if r.params.logit_bias or r.params.penalized]
+        if not touched:
+            return logits
+        logits = logits.clone()
+        for i in touched:
+            p = rows[i].params
+            row = logits[i]
+            if p.logit_bias:
+                ids = torch.tensor([int(t) for t in p.logit_bias], device=row.device)
+                row.index_add_(0, ids, torch.tensor(list(p.logit_bias.values()), device=row.device, dtype=row.dtype))
+            if p.repetition_penalty != 1.0:
+                seen = torch.tensor(sorted(set(rows[i].prompt_ids) | set(rows[i].output_ids)), device=row.device,
+                                    dtype=torch.long)
+                if seen.numel():
+                    vals = row[seen]
+                    row[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+            if (p.presence_penalty or p.frequency_penalty) and rows[i].output_ids:
+                out = torch.tensor(rows[i].output_ids, device=row.device, dtype=torch.long)
+                counts = torch.bincount(out, minlength=row.shape[0]).to(row.dtype)
+                row -= counts * p.frequency_penalty + (counts > 0).to(row.dtype) * p.presence_penalty
+        return logits
+
+
+def token_logprobs(logprobs: torch.Tensor, chosen: int, k: int) -> tuple[float, list[tuple[int, float]]]:
+    top: list[tuple[int, float]] = []
+    if k:
+        values, ids = logprobs.topk(k)
+        top = list(zip(ids.tolist(), values.tolist()))
+    return float(logprobs[chosen]), top
+
+
+def filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    device = logits.device
+    temperature = torch.tensor([p.temperature for p in params], device=device).unsqueeze(1)
+    logits = logits / temperature
+    top_k = [p.top_k for p in params]
+    if any(top_k):
+        sorted_desc = logits.sort(dim=-1, descending=True).values
+        k = torch.tensor([k if k > 0 else logits.shape[-1] for k in top_k], device=device).clamp(max=logits.shape[-1])
+        kth = sorted_desc.gather(1, (k - 1).unsqueeze(1))
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    top_p = torch.tensor([p.top_p for p in params], device=device).unsqueeze(1)
+    if (top_p < 1).any():
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of strictly better tokens
+        drop_sorted = before >= top_p  # keep the smallest prefix reaching top_p (always >= 1 token)
+        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+        probs = probs.masked_fill(drop, 0.0)
+    min_p = torch.tensor([p.min_p for p in params], device=device).unsqueeze(1)
+    if (min_p > 0).any():
+        probs = probs.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, 0.0)
+    return probs / probs.sum(dim=-1, keepdim=True)
 
 
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator:

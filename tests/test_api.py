@@ -31,10 +31,8 @@ def test_generate_text_stream_and_batch_agree(llm):
 
 
 def test_generated_text_is_the_decoded_tokens(llm):
-    from mistralrs.engine.sampler import SamplingParams
-
     ids = llm.tokenizer.encode("abc")
-    events = list(llm._generator.run([ids], [SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)]))
+    events = [e for _, e in llm.run([ids], max_tokens=10, temperature=0, ignore_eos=True)]
     assert "".join(e.text for e in events) == llm.tokenizer.decode([e.token for e in events], skip_special=True)
     assert events[-1].finish_reason == "length" and len(events) == 10
 
@@ -56,7 +54,7 @@ def test_logits_shape_and_consistency_with_generation(llm):
     ids = llm.tokenizer.encode("The sky is")
     logits = llm.logits(ids)
     assert logits.shape == (len(ids), llm.loaded.config.vocab_size) and logits.dtype == torch.float32
-    first = list(llm._generator.run([ids], [mistralrs.engine.sampler.SamplingParams(max_tokens=1, temperature=0)]))
+    first = [e for _, e in llm.run([ids], max_tokens=1, temperature=0)]
     assert first[0].token == int(logits[-1].argmax())
 
 

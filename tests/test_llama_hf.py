@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import mistralrs
-import mistralrs.engine.sampler
 from tiny_models import make_tiny_llama, reference_logits
 
 pytest.importorskip("transformers")
@@ -45,8 +44,7 @@ def test_greedy_decode_with_kv_cache_matches_transformers(tmp_path):
         out = ref_model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False, eos_token_id=None,
                                  pad_token_id=0)
     expected = out[0, len(ids):].tolist()
-    events = list(llm._generator.run([ids], [mistralrs.engine.sampler.SamplingParams(
-        max_tokens=8, temperature=0.0, ignore_eos=True)]))
+    events = [e for _, e in llm.run([ids], max_tokens=8, temperature=0.0, ignore_eos=True)]
     assert [e.token for e in events] == expected
 
 

@@ -5,20 +5,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mistralrs.engine.sampler import Sampler, SamplingParams, make_generator
+from mistralrs.engine.sampler import InvalidSamplingParam, Sampler, SampleRow, SamplingParams, make_generator
 from mistralrs.engine.stop_strings import StopStringFilter
 
 
 def draw(logits, params, seed=0, n=200):
     sampler = Sampler()
     g = make_generator(seed, torch.device("cpu"))
-    return {int(sampler(logits.clone(), [params], [g])[0]) for _ in range(n)}
+    return {sampler(logits.clone(), [SampleRow(params, g, [], [])]).tokens[0] for _ in range(n)}
 
 
 def test_greedy_is_argmax_per_row():
     logits = torch.tensor([[0.0, 3.0, 1.0], [5.0, 0.0, 1.0]])
-    out = Sampler()(logits, [SamplingParams(temperature=0), SamplingParams(top_k=1)], [None, None])
-    assert out.tolist() == [1, 0]
+    out = Sampler()(logits, [SampleRow(SamplingParams(temperature=0), None, [], []),
+                             SampleRow(SamplingParams(top_k=1), None, [], [])])
+    assert out.tokens == [1, 0] and out.logprobs == [None, None]
 
 
 def test_top_k_keeps_k_best():
@@ -43,18 +44,55 @@ def test_same_seed_same_draws_and_rows_independent():
     sampler = Sampler()
     g1 = [make_generator(7, torch.device("cpu")) for _ in range(2)]
     g2 = [make_generator(7, torch.device("cpu")) for _ in range(2)]
-    a = [sampler(logits.clone(), params, g1).tolist() for _ in range(5)]
-    b = [sampler(logits.clone(), params, g2).tolist() for _ in range(5)]
+    a = [sampler(logits.clone(), [SampleRow(p, g, [], []) for p, g in zip(params, g1)]).tokens for _ in range(5)]
+    b = [sampler(logits.clone(), [SampleRow(p, g, [], []) for p, g in zip(params, g2)]).tokens for _ in range(5)]
     assert a == b
     assert all(row[0] == row[1] for row in a)  # same seed per row gives the same stream
     assert len({row[0] for row in a}) > 1
 
 
 @pytest.mark.parametrize("bad", [dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(max_tokens=0),
-                                 dict(min_p=2), dict(stop=[""])])
-def test_invalid_params_rejected(bad):
-    with pytest.raises(ValueError):
-        SamplingParams(**bad).validate()
+                                 dict(min_p=2), dict(stop=[""]), dict(n=0), dict(presence_penalty=3),
+                                 dict(frequency_penalty=-2.5), dict(repetition_penalty=0), dict(logprobs=21),
+                                 dict(logit_bias={5: 101}), dict(logit_bias={500: 1.0}), dict(stop_token_ids=[-1])])
+def test_invalid_params_rejected_naming_the_field(bad):
+    with pytest.raises(InvalidSamplingParam) as err:
+        SamplingParams(**bad).validate(vocab_size=100)
+    assert err.value.param == next(iter(bad))
+
+
+def row(params, output=(), prompt=()):
+    return SampleRow(params, make_generator(0, torch.device("cpu")), list(prompt), list(output))
+
+
+def test_logit_bias_can_force_a_token():
+    logits = torch.zeros(1, 10)
+    out = Sampler()(logits, [row(SamplingParams(temperature=0, logit_bias={7: 50.0}))])
+    assert out.tokens == [7]
+
+
+def test_presence_and_frequency_penalties():
+    logits = torch.tensor([[2.0, 1.9, 0.0]])
+    # token 0 was generated twice: frequency 0.1*2 + presence 0.5 pushes it below token 1
+    out = Sampler()(logits, [row(SamplingParams(temperature=0, presence_penalty=0.5, frequency_penalty=0.1),
+                                 output=[0, 0])])
+    assert out.tokens == [1]
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative():
+    logits = torch.tensor([[2.0, 1.5, -1.0]])
+    out = Sampler()(logits, [row(SamplingParams(temperature=0, repetition_penalty=2.0), prompt=[0])])
+    assert out.tokens == [1]  # 2.0 / 2 = 1.0 < 1.5
+
+
+def test_logprobs_are_of_the_raw_distribution():
+    logits = torch.tensor([[1.0, 2.0, 3.0]])
+    out = Sampler()(logits, [row(SamplingParams(temperature=0, logprobs=2, logit_bias={0: 10.0}))])
+    chosen, top = out.logprobs[0]
+    raw = logits.log_softmax(-1)[0]
+    assert out.tokens == [0]
+    assert chosen == pytest.approx(float(raw[0]))
+    assert [t for t, _ in top] == [2, 1] and top[0][1] == pytest.approx(float(raw[2]))
 
 
 def test_stop_string_across_pieces_is_not_emitted():

@@ -42,24 +42,18 @@ def test_top_logits_match_float_reference_at_every_position(llm, float_ref):
 
 
 def test_greedy_tokens_equal_float_reference(llm, float_ref):
-    from mistralrs.engine.sampler import SamplingParams
-
     meta, _ = float_ref
-    params = SamplingParams(max_tokens=32, temperature=0.0, ignore_eos=True)
     for prompt in meta["prompts"]:
-        tokens = [e.token for e in llm._generator.run([prompt["ids"]], [params])]
+        tokens = [e.token for _, e in llm.run([prompt["ids"]], max_tokens=32, temperature=0.0, ignore_eos=True)]
         assert tokens == prompt["greedy_ids"], f"prompt {prompt['index']}"
 
 
 def test_batched_greedy_equals_single(llm, float_ref):
-    from mistralrs.engine.sampler import SamplingParams
-
     meta, _ = float_ref
-    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
     prompts = [p["ids"] for p in meta["prompts"]]
     together: dict[int, list[int]] = {i: [] for i in range(len(prompts))}
-    for e in llm._generator.run(prompts, [params] * len(prompts)):
-        together[e.index].append(e.token)
+    for i, e in llm.run(prompts, max_tokens=12, temperature=0.0, ignore_eos=True):
+        together[i].append(e.token)
     for i, prompt in enumerate(meta["prompts"]):
         assert together[i] == prompt["greedy_ids"][:12]
 

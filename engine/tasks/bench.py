@@ -31,13 +31,10 @@ def bench_prompt(tokenizer, n_tokens: int) -> list[int]:
 
 
 def time_one(llm, prompt: list[int], decode_tokens: int) -> tuple[float, float]:
-    from mistralrs.engine.sampler import SamplingParams
-
-    params = SamplingParams(max_tokens=decode_tokens, temperature=0.0, ignore_eos=True)
     start = time.perf_counter()
     first = None
     count = 0
-    for event in llm._generator.run([prompt], [params]):
+    for _ in llm.run([prompt], max_tokens=decode_tokens, temperature=0.0, ignore_eos=True):
         count += 1
         if first is None:
             first = time.perf_counter()

@@ -1,0 +1,159 @@
+"""The engine core: requests in, one scheduled step at a time, events out. Single-threaded; the
+async wrapper (async_engine.py) runs it in its own thread."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from mistralrs.conf.schema import EngineConfig
+
+from .block_manager import KVBlockPool
+from .kv_cache import KVCache
+from .loader import LoadedModel
+from .model_runner import ModelRunner
+from .sampler import SamplingParams, make_generator
+from .scheduler import Scheduler
+from .sequence import Sequence, SeqEvent, TokenLogprob
+
+
+class ContextLengthExceeded(ValueError):
+    pass
+
+
+@dataclass
+class EngineStats:
+    running: int
+    waiting: int
+    kv_blocks_total: int
+    kv_blocks_free: int
+    prefix_hit_tokens: int
+    prefix_queried_tokens: int
+    prompt_tokens: int
+    generated_tokens: int
+    preemptions: int
+
+
+def kv_bytes_per_token(model: torch.nn.Module, dtype: torch.dtype, num_caches: int) -> int:
+    spec = model.cache_spec()
+    per_layer = spec.num_kv_heads * (spec.head_dim + (spec.v_head_dim or spec.head_dim))
+    return spec.num_layers * per_layer * torch.finfo(dtype).bits // 8 * num_caches
+
+
+class LLMEngine:
+    def __init__(self, loaded: LoadedModel, cfg: EngineConfig):
+        self.loaded = loaded
+        self.cfg = cfg
+        model = loaded.model
+        self.num_caches = int(getattr(model, "num_kv_caches", 1))
+        per_token = kv_bytes_per_token(model, loaded.dtype, self.num_caches)
+        tokens = cfg.kv_cache_tokens or min(cfg.max_seqs * loaded.max_seq_len,
+                                            int(cfg.kv_cache_memory_gb * 2**30 // per_token))
+        num_blocks = max(1, tokens // cfg.block_size)
+        self.pool = KVBlockPool(num_blocks, cfg.block_size, self.num_caches)
+        self.cache = KVCache(model.cache_spec(), num_blocks * cfg.block_size, loaded.dtype, loaded.device)
+        self.scheduler = Scheduler(self.pool, cfg.max_seqs, cfg.max_batch_tokens, cfg.max_waiting)
+        self.runner = ModelRunner(model, self.cache, self.pool, loaded.device)
+        self.prompt_tokens = 0
+        self.generated_tokens = 0
+
+    @property
+    def tokenizer(self):
+        return self.loaded.tokenizer
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.loaded.max_seq_len
+
+    # -- requests -----------------------------------------------------------------------------
+    def check_request(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        params.validate(self.loaded.config.vocab_size)
+        if not prompt_ids:
+            raise ValueError("the prompt is empty (no tokens to condition on)")
+        vocab = self.loaded.config.vocab_size
+        if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
+            raise ValueError(f"prompt token ids must be in [0, {vocab})")
+        total = len(prompt_ids) + params.max_tokens
+        if total > self.max_seq_len:
+            raise ContextLengthExceeded(
+                f"this model's maximum context length is {self.max_seq_len} tokens; the request needs "
+                f"{total} ({len(prompt_ids)} in the prompt + {params.max_tokens} for max_tokens)")
+        blocks = self.pool.blocks_for(total) * self.num_caches
+        if blocks > self.pool.num_blocks:
+            raise ContextLengthExceeded(
+                f"the request needs {blocks} KV blocks but the cache has {self.pool.num_blocks} "
+                f"(raise engine.kv_cache_tokens or engine.kv_cache_memory_gb)")
+
+    def add_request(self, prompt_ids: list[int], params: SamplingParams,
+                    emit: Callable[[SeqEvent], None]) -> list[Sequence]:
+        """Queue ``params.n`` sequences for one prompt; ``emit`` receives every event of each."""
+        from .tokenizer.detokenizer import IncrementalDetokenizer
+
+        self.check_request(prompt_ids, params)
+        seqs = []
+        for i in range(params.n):
+            seed = None if params.seed is None else params.seed + i
+            seqs.append(Sequence(list(prompt_ids), params, emit, index=i,
+                                 detokenizer=IncrementalDetokenizer(self.tokenizer, prompt_ids=prompt_ids),
+                                 generator=make_generator(seed, self.loaded.device),
+                                 block_tables=[[] for _ in range(self.num_caches)]))
+        self.scheduler.add(seqs)
+        self.prompt_tokens += len(prompt_ids) * params.n
+        return seqs
+
+    def abort(self, seq: Sequence) -> None:
+        if not seq.is_finished:
+            seq.finish_reason = "abort"
+            self.scheduler.remove(seq)
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    # -- the step -------------------------------------------------------------------------------
+    def step(self) -> int:
+        scheduled = self.scheduler.schedule()
+        if not scheduled:
+            return 0
+        sampled, due = self.runner.run(scheduled)
+        for s in scheduled:
+            s.seq.num_cached += s.num_new
+            self.pool.register_full_blocks(s.seq)
+        for s, token, logprob in zip(due, sampled.tokens, sampled.logprobs):
+            self._append(s.seq, token, logprob)
+        return len(scheduled)
+
+    def _append(self, seq: Sequence, token: int, logprob) -> None:
+        seq.output_ids.append(token)
+        self.generated_tokens += 1
+        lp = TokenLogprob(token, *logprob) if logprob is not None else None
+        prompt_lp = seq.prompt_logprobs if len(seq.output_ids) == 1 and seq.params.prompt_logprobs is not None else None
+        params = seq.params
+        finish = None
+        if not params.ignore_eos and (token in self.tokenizer.eog_ids or token in params.stop_token_ids):
+            finish, text = "stop", seq.stops.push(seq.detokenizer.flush()) + seq.stops.flush()
+        else:
+            text = seq.stops.push(seq.detokenizer.push(token))
+            if seq.stops.stopped:
+                finish = "stop"
+            elif len(seq.output_ids) >= params.max_tokens or seq.num_tokens >= self.max_seq_len:
+                finish = "length"
+                text += seq.stops.push(seq.detokenizer.flush()) + seq.stops.flush()
+        if finish:
+            seq.finish_reason = finish
+            self.scheduler.remove(seq)
+        seq.emit(SeqEvent(seq.seq_id, seq.index, token, text, lp, finish, prompt_lp))
+
+    def stats(self) -> EngineStats:
+        b = self.pool.stats()
+        return EngineStats(len(self.scheduler.running), len(self.scheduler.waiting), b.total, b.free,
+                           b.prefix_hit_tokens, b.prefix_queried_tokens, self.prompt_tokens,
+                           self.generated_tokens, self.scheduler.preemptions)
+
+    # -- synchronous driving (Python API, CLI, bench) ---------------------------------------------
+    def run_until_done(self, seqs: list[Sequence]) -> None:
+        while any(not s.is_finished for s in seqs):
+            if not self.step():
+                time.sleep(0)  # nothing schedulable this instant; cannot happen without other users

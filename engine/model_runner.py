@@ -1,0 +1,64 @@
+"""Runs one scheduled step: builds the flat batch, calls the model, samples where due."""
+
+from __future__ import annotations
+
+import torch
+
+from .batch import paged_batch
+from .block_manager import KVBlockPool
+from .kv_cache import KVCache
+from .sampler import Sampled, Sampler, SampleRow, token_logprobs
+from .scheduler import ScheduledSeq
+from .sequence import TokenLogprob
+
+
+class ModelRunner:
+    def __init__(self, model: torch.nn.Module, cache: KVCache, pool: KVBlockPool, device: torch.device):
+        self.model, self.cache, self.pool, self.device = model, cache, pool, device
+        self.sampler = Sampler()
+
+    @torch.inference_mode()
+    def run(self, scheduled: list[ScheduledSeq]) -> tuple[Sampled, list[ScheduledSeq]]:
+        """Returns the sampled tokens of the sequences that reached their last token (in order)."""
+        ids: list[int] = []
+        for s in scheduled:
+            ids.extend(s.seq.all_ids[s.seq.num_cached : s.seq.num_cached + s.num_new])
+        batch = paged_batch([(s.seq.block_tables[0], s.seq.num_cached, s.num_new) for s in scheduled],
+                            self.pool.block_size, self.device)
+        hidden = self.model(torch.tensor(ids, device=self.device), batch, self.cache)
+        self._prompt_logprobs(scheduled, batch, hidden)
+        due = [(s, seg) for s, seg in zip(scheduled, batch.segments) if s.sample]
+        if not due:
+            return Sampled([], []), []
+        last = torch.tensor([seg.q_start + seg.q_len - 1 for _, seg in due], device=self.device)
+        logits = self.model.logits(hidden[last])
+        rows = [SampleRow(s.seq.params, s.seq.generator, s.seq.prompt_ids, s.seq.output_ids) for s, _ in due]
+        return self.sampler(logits, rows), [s for s, _ in due]
+
+    def _prompt_logprobs(self, scheduled: list[ScheduledSeq], batch, hidden: torch.Tensor) -> None:
+        """For echo with logprobs: the logprob of each prompt token given the ones before it."""
+        for s, seg in zip(scheduled, batch.segments):
+            seq = s.seq
+            k = seq.params.prompt_logprobs
+            if k is None or seq.output_ids or seq.num_cached >= len(seq.prompt_ids):
+                continue
+            if seq.num_cached == 0:
+                seq.prompt_logprobs = [None]  # the first token has no context
+            logprobs = self.model.logits(hidden[seg.q_slice]).log_softmax(dim=-1)
+            start = seq.num_cached
+            for j in range(seg.q_len):
+                nxt = start + j + 1
+                if nxt < len(seq.prompt_ids):
+                    chosen, top = token_logprobs(logprobs[j], seq.prompt_ids[nxt], k)
+                    seq.prompt_logprobs.append(TokenLogprob(seq.prompt_ids[nxt], chosen, top))
+
+
+@torch.inference_mode()
+def full_logits(model: torch.nn.Module, ids: list[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Logits at every position of one sequence ([len, vocab] float32), with a throwaway cache so
+    the engine's pool is untouched."""
+    from .batch import contiguous_batch
+
+    cache = KVCache(model.cache_spec(), len(ids), dtype, device)
+    batch = contiguous_batch([0], [len(ids)], [0], [0], device)
+    return model.logits(model(torch.tensor(ids, device=device), batch, cache))
