@@ -24,8 +24,10 @@ class KVCache:
         self.spec = spec
         self.num_slots = num_slots
         shape = (spec.num_layers, num_slots, spec.num_kv_heads)
-        self.k = torch.zeros(*shape, spec.head_dim, dtype=dtype, device=device)
-        self.v = torch.zeros(*shape, spec.v_head_dim or spec.head_dim, dtype=dtype, device=device)
+        # Uninitialized on purpose: pages are only touched (and counted in RSS) once used, and
+        # attention reads a slot only after this step or an earlier one wrote it.
+        self.k = torch.empty(*shape, spec.head_dim, dtype=dtype, device=device)
+        self.v = torch.empty(*shape, spec.v_head_dim or spec.head_dim, dtype=dtype, device=device)
 
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         self.k[layer].index_copy_(0, slots, k)
