@@ -23,10 +23,12 @@ _FILLER = ("The history of computing is a story of abstraction layered on abstra
            "tubes to transistors, integrated circuits and the programs that run on them. ")
 
 
-def bench_prompt(tokenizer, n_tokens: int) -> list[int]:
+def bench_prompt(tokenizer, n_tokens: int, run: int = 0) -> list[int]:
+    """``n_tokens`` of filler; each run starts differently so the prefix cache cannot serve it."""
     ids = tokenizer.encode(_FILLER, add_special=False)
     reps = -(-n_tokens // len(ids))
     prefix = [tokenizer.bos_id] if tokenizer.add_bos and tokenizer.bos_id is not None else []
+    prefix += tokenizer.encode(f"Run {run}. ", add_special=False)
     return (prefix + ids * reps)[:n_tokens]
 
 
@@ -48,9 +50,10 @@ def run(cfg: DictConfig) -> dict:
     llm = load_llm(cfg)
     b = cfg.bench
     prompt = bench_prompt(llm.tokenizer, int(b.prompt_tokens))
-    for _ in range(int(b.warmup)):
-        time_one(llm, prompt[: min(len(prompt), 32)], 8)
-    results = [time_one(llm, prompt, int(b.decode_tokens)) for _ in range(int(b.repeats))]
+    for w in range(int(b.warmup)):
+        time_one(llm, bench_prompt(llm.tokenizer, 32, run=-1 - w), 8)
+    results = [time_one(llm, bench_prompt(llm.tokenizer, int(b.prompt_tokens), run=r), int(b.decode_tokens))
+               for r in range(int(b.repeats))]
     row = {
         "model": cfg.model.name,
         "source": str(cfg.model.source),
