@@ -1,0 +1,124 @@
+"""The engine in its own thread, with an asyncio face: submit a request, stream its events.
+
+Only the engine thread touches engine state; coroutines hand it callables through a queue and get
+results back as futures. Events travel the other way through ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from concurrent.futures import Future
+from typing import AsyncIterator, Callable, TypeVar
+
+from .llm_engine import EngineStats, LLMEngine
+from .sampler import SamplingParams
+from .sequence import SeqEvent
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class EngineClosed(RuntimeError):
+    pass
+
+
+class AsyncEngine:
+    def __init__(self, engine: LLMEngine):
+        self.engine = engine
+        self._inbox: queue.SimpleQueue[tuple[Callable[[], object], Future]] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._closing = False
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="mistralrs-engine", daemon=True)
+
+    # -- the engine thread ------------------------------------------------------------------------
+    def start(self) -> "AsyncEngine":
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stopped:
+            self._drain()
+            if self.engine.has_work():
+                try:
+                    self.engine.step()
+                except Exception as exc:  # a failed step must not leave clients waiting forever
+                    log.exception("engine step failed")
+                    self._fail_all(exc)
+            else:
+                self._wake.wait(timeout=0.05)
+                self._wake.clear()
+        self._drain()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                fn, fut = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn())
+                except Exception as exc:
+                    fut.set_exception(exc)
+
+    def _fail_all(self, exc: Exception) -> None:
+        sched = self.engine.scheduler
+        for seq in [*sched.running, *sched.waiting]:
+            self.engine.abort(seq)
+            seq.finish_reason = "error"
+            seq.emit(SeqEvent(seq.seq_id, seq.index, None, "", finish_reason="error"))
+
+    def call(self, fn: Callable[[], T]) -> "Future[T]":
+        """Run ``fn`` on the engine thread between steps."""
+        fut: Future = Future()
+        if self._stopped:
+            fut.set_exception(EngineClosed("the engine has shut down"))
+            return fut
+        self._inbox.put((fn, fut))
+        self._wake.set()
+        return fut
+
+    # -- the asyncio side --------------------------------------------------------------------------
+    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[SeqEvent]:
+        """Events of all ``params.n`` choices, interleaved, until each has a finish_reason. Raises
+        (before the first event) what the engine refuses: QueueFull, ContextLengthExceeded,
+        InvalidSamplingParam, ValueError. Closing the iterator early cancels the request."""
+        if self._closing:
+            raise EngineClosed("the server is shutting down")
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[SeqEvent] = asyncio.Queue()
+
+        def emit(event: SeqEvent) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        seqs = await asyncio.wrap_future(self.call(lambda: self.engine.add_request(prompt_ids, params, emit)))
+        remaining = len(seqs)
+        try:
+            while remaining:
+                event = await events.get()
+                if event.finish_reason:
+                    remaining -= 1
+                yield event
+        finally:
+            if remaining:  # the consumer left early (client disconnect): free the KV blocks now
+                self.call(lambda: [self.engine.abort(s) for s in seqs])
+
+    async def stats(self) -> EngineStats:
+        return await asyncio.wrap_future(self.call(self.engine.stats))
+
+    async def shutdown(self, grace_seconds: float = 10.0) -> None:
+        """Refuse new requests, let running ones finish for up to ``grace_seconds``, cancel the rest."""
+        self._closing = True
+        deadline = asyncio.get_running_loop().time() + grace_seconds
+        while asyncio.get_running_loop().time() < deadline:
+            if not await asyncio.wrap_future(self.call(self.engine.has_work)):
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.wrap_future(self.call(lambda: self._fail_all(EngineClosed("shutdown"))))
+        self._stopped = True
+        self._wake.set()
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 5.0)
