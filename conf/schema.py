@@ -20,7 +20,10 @@ class ModelConfig:
     sha256: Optional[str] = None  # checked when a pypi: source is assembled
     architecture: Optional[str] = None  # force a registered family instead of detecting it
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (activations, KV cache)
+    # auto: quantized weights stay packed for fast kernels, except with an explicit
+    # dtype=float32, the exact reference mode (every weight dequantized to float32).
+    weights: str = "auto"  # auto | packed | dense
     max_seq_len: Optional[int] = None  # cap the context; default min(model's, 4096)
     tokenizer: Optional[str] = None  # a tokenizer.json overriding the model's own
     chat_template: Optional[str] = None  # a Jinja file (or inline template) overriding the model's
@@ -58,9 +61,20 @@ class SamplingConfig:
 
 @dataclass
 class ServeConfig:
-    host: str = "127.0.0.1"
-    port: int = 1234
-    api_key: Optional[str] = None
+    host: str = "127.0.0.1"  # 0.0.0.0 exposes the server to the network
+    port: int = 1234  # 0 picks a free port (the listening line on stderr names it)
+    api_key: Optional[str] = None  # when set, /v1/* and /tokenize, /detokenize need "Authorization: Bearer <key>"
+    # max_tokens for requests that omit it: None = the rest of the model's context (as vLLM does)
+    default_max_tokens: Optional[int] = None
+    max_body_bytes: int = 4 * 2**20  # larger request bodies get 413
+    max_messages: int = 1024  # per chat request
+    max_prompts: int = 64  # prompts in one /v1/completions request (a list of prompts)
+    max_stop: int = 16  # stop strings per request
+    max_stop_chars: int = 512  # characters per stop string
+    max_logit_bias: int = 1024  # logit_bias entries per request
+    retry_after_seconds: int = 1  # Retry-After sent with 503 when the waiting queue is full
+    shutdown_grace_seconds: float = 10.0  # SIGINT/SIGTERM: in-flight requests may finish for this long
+    access_log: bool = False  # uvicorn's per-request log lines on stderr
 
 
 @dataclass

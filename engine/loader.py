@@ -17,7 +17,8 @@ from mistralrs.registry import Registries, registries, resolve
 
 from .devices import pick_device, pick_dtype
 from .formats.checkpoint import ModelFileError
-from .quant.materialize import dense
+from .layers.linear import Embedding, Linear
+from .quant.weights import dense_from_raw, packed_weight
 from .sources import resolve_source
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,54 @@ def _set_parameter(model: nn.Module, name: str, value: torch.Tensor) -> None:
     owner._parameters[attr] = nn.Parameter(value, requires_grad=False)
 
 
+def weights_mode(cfg: ModelConfig) -> str:
+    if cfg.weights not in ("auto", "packed", "dense"):
+        raise ValueError(f"model.weights={cfg.weights!r} is not one of auto, packed, dense")
+    if cfg.weights != "auto":
+        return cfg.weights
+    return "dense" if cfg.dtype in ("float32", "f32") else "packed"
+
+
+def _packable(model: nn.Module, target: str) -> nn.Module | None:
+    """The Linear/Embedding owning ``target`` if it is that layer's 2-D weight."""
+    owner_name, _, attr = target.rpartition(".")
+    owner = model.get_submodule(owner_name) if owner_name else model
+    return owner if attr == "weight" and isinstance(owner, (Linear, Embedding)) else None
+
+
+def _load_weights(model: nn.Module, family: Any, ckpt: Any, model_cfg: Any, path: Path, arch: str,
+                  dtype: torch.dtype, device: torch.device, mode: str) -> None:
+    expected = dict(model.named_parameters())
+    tied = family.tied(model_cfg)
+    loaded: set[str] = set()
+    for target, raw in tqdm(family.weights(ckpt, model_cfg), total=len(ckpt.tensor_names()), desc="loading weights",
+                            unit="tensor", disable=None, leave=False):
+        param = expected.get(target)
+        if param is None:
+            raise ModelFileError(path, f"unexpected tensor {raw.name!r} for architecture {arch!r}")
+        if tuple(param.shape) != tuple(raw.shape):
+            raise ModelFileError(path, f"tensor {raw.name!r} has shape {list(raw.shape)}, expected {list(param.shape)}")
+        layer = _packable(model, target) if mode == "packed" else None
+        if layer is not None:
+            need_rows = isinstance(layer, Embedding) or target in tied.values()
+            layer.set_packed(packed_weight(raw, device, dtype, need_rows=need_rows), dtype)
+        else:
+            _set_parameter(model, target, dense_from_raw(raw, dtype, device))
+        loaded.add(target)
+    for alias, source in tied.items():
+        if alias in loaded:
+            continue
+        src_layer, dst_layer = _packable(model, source), _packable(model, alias)
+        if src_layer is not None and src_layer.packed is not None and dst_layer is not None:
+            dst_layer.set_packed(src_layer.packed, dtype)
+        else:
+            _set_parameter(model, alias, model.get_parameter(source))
+        loaded.add(alias)
+    missing = sorted(set(expected) - loaded)
+    if missing:
+        raise ModelFileError(path, f"missing tensors for {arch!r}: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+
+
 def load_model(cfg: ModelConfig, regs: Registries | None = None) -> LoadedModel:
     start = time.perf_counter()
     regs = regs or registries()
@@ -69,28 +118,8 @@ def load_model(cfg: ModelConfig, regs: Registries | None = None) -> LoadedModel:
 
     with torch.device("meta"):
         model = family.build(model_cfg)
-    expected = dict(model.named_parameters())
-    tied = family.tied(model_cfg)
-    loaded: set[str] = set()
-    names = ckpt.tensor_names()
-    for target, raw in tqdm(family.weights(ckpt, model_cfg), total=len(names), desc="loading weights",
-                            unit="tensor", disable=None, leave=False):
-        param = expected.get(target)
-        if param is None:
-            raise ModelFileError(path, f"unexpected tensor {raw.name!r} for architecture {spec.name!r}")
-        if tuple(param.shape) != tuple(raw.shape):
-            raise ModelFileError(path, f"tensor {raw.name!r} has shape {list(raw.shape)}, expected {list(param.shape)}")
-        _set_parameter(model, target, dense(raw, dtype, device))
-        loaded.add(target)
-    for alias, source in tied.items():
-        if alias not in loaded:
-            _set_parameter(model, alias, model.get_parameter(source))
-            loaded.add(alias)
-    missing = sorted(set(expected) - loaded)
-    if missing:
-        raise ModelFileError(path, f"missing tensors for {spec.name!r}: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
-    max_seq_len = min(cfg.max_seq_len or DEFAULT_MAX_SEQ_LEN, model_cfg.max_position_embeddings) \
-        if cfg.max_seq_len is None else cfg.max_seq_len
+    _load_weights(model, family, ckpt, model_cfg, path, spec.name, dtype, device, weights_mode(cfg))
+    max_seq_len = cfg.max_seq_len or min(DEFAULT_MAX_SEQ_LEN, model_cfg.max_position_embeddings)
     model.prepare(max_seq_len, device, dtype)
     model.eval()
     tokenizer = ckpt.tokenizer()

@@ -67,3 +67,46 @@ def test_argmax_agrees_with_llamacpp(llm, llamacpp_ref):
         agree += int(np.sum(ours == theirs))
         total += len(theirs)
     assert agree / total >= 0.90, f"argmax agreement with llama.cpp {agree}/{total}"
+
+
+@pytest.fixture(scope="module")
+def fast_llm(smollm2_gguf):
+    """The default path: weights stay packed, int4 kernels with bfloat16 activations."""
+    return mistralrs.load("model=smollm2", f"model.source={smollm2_gguf}")
+
+
+def model_weight_bytes(model) -> int:
+    from mistralrs.engine.layers.linear import Embedding, Linear
+
+    seen, total = set(), 0
+    for module in model.modules():
+        if isinstance(module, (Linear, Embedding)) and module.packed is not None:
+            if id(module.packed) not in seen:
+                seen.add(id(module.packed))
+                total += module.packed.nbytes
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel() * p.element_size()
+    return total
+
+
+def test_fast_path_keeps_weights_compact(fast_llm):
+    file_bytes = fast_llm.loaded.checkpoint.file_tensor_bytes()
+    held = model_weight_bytes(fast_llm.loaded.model)
+    assert held <= 1.25 * file_bytes, f"{held} bytes held for {file_bytes} in the file"
+
+
+def test_fast_path_is_as_close_to_float_reference_as_llamacpp(fast_llm, float_ref, llamacpp_ref):
+    meta, ref = float_ref
+    _, cpp = llamacpp_ref
+    for i, prompt in enumerate(meta["prompts"]):
+        logits = fast_llm.logits(prompt["ids"])
+        truth = torch.from_numpy(ref[f"p{i}_top_ids"][:, 0]).long()
+        ours = (logits.argmax(-1) == truth).float().mean().item()
+        theirs = (torch.from_numpy(cpp[f"p{i}_top_ids"][:, 0]).long() == truth).float().mean().item()
+        assert ours >= theirs, f"prompt {i}: argmax agreement {ours} < llama.cpp's {theirs}"
+        last = torch.from_numpy(ref[f"p{i}_last_logits"])
+        our_err = (logits[-1] - last).abs().max().item()
+        cpp_err = (torch.from_numpy(cpp[f"p{i}_last_logits"].astype(np.float32)) - last).abs().max().item()
+        assert our_err <= cpp_err, f"prompt {i}: last-position logit error {our_err} > llama.cpp's {cpp_err}"

@@ -1,9 +1,11 @@
-"""Weight-holding layers whose parameters start empty on the meta device: the loader fills them.
-
-No random init runs (it would be thrown away), and quantized replacements later slot in here.
+"""Weight-holding layers. Parameters start empty on the meta device and the loader fills them —
+either as a plain ``weight`` parameter or as a compact weight object (engine/quant/weights.py)
+with ``matmul``/``rows``, which is how quantized checkpoints stay quantized in memory.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +16,22 @@ def _empty(*shape: int) -> nn.Parameter:
     return nn.Parameter(torch.empty(*shape, device="meta"), requires_grad=False)
 
 
-class Linear(nn.Module):
+class _Weighted(nn.Module):
+    packed: Any = None  # a weight object from engine/quant/weights.py, replacing `weight`
+    dtype: torch.dtype = torch.float32  # activations this layer hands on
+
+    def set_packed(self, weight: Any, dtype: torch.dtype) -> None:
+        if "weight" in self._parameters:
+            del self._parameters["weight"]
+        self.packed, self.dtype = weight, dtype
+
+    def weight_nbytes(self) -> int:
+        if self.packed is not None:
+            return self.packed.nbytes
+        return self.weight.numel() * self.weight.element_size()
+
+
+class Linear(_Weighted):
     def __init__(self, in_features: int, out_features: int, bias: bool = False):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
@@ -22,16 +39,22 @@ class Linear(nn.Module):
         self.bias = _empty(out_features) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        if self.packed is None:
+            return F.linear(x, self.weight, self.bias)
+        y = self.packed.matmul(x)
+        return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        kind = self.packed.kind if self.packed is not None else "dense"
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, {kind}"
 
 
-class Embedding(nn.Module):
+class Embedding(_Weighted):
     def __init__(self, num_embeddings: int, dim: int):
         super().__init__()
         self.weight = _empty(num_embeddings, dim)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(ids, self.weight)
+        if self.packed is None:
+            return F.embedding(ids, self.weight)
+        return self.packed.rows(ids).to(self.dtype)

@@ -1,0 +1,102 @@
+"""Packed weight forms against dequantize-then-matmul (gguf-exact dequantization is the reference)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mistralrs.engine.formats.checkpoint import RawTensor
+from mistralrs.engine.quant.affine import AFFINE_TYPES, affine_groups
+from mistralrs.engine.quant.dequant import BLOCK_GEOMETRY, dequantize
+from mistralrs.engine.quant.int4_planes import Int4PlanesWeight, row_decode_supported
+from mistralrs.engine.quant.weights import BlockWeight, DenseWeight, packed_weight
+
+ALL_QUANT = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+SCALE_OFFSETS = {"Q2_K": (80, 2), "Q3_K": (108, 1), "Q6_K": (208, 1)}  # f16 fields at the block end
+
+
+def random_blocks(qtype: str, rows: int, cols: int, seed: int = 0) -> torch.Tensor:
+    """Random codes with realistic f16 scales (random bytes would give absurd ones)."""
+    import gguf
+
+    rng = np.random.default_rng(seed)
+    try:
+        data = rng.standard_normal((rows, cols)).astype(np.float32)
+        raw = gguf.quants.quantize(data, gguf.GGMLQuantizationType[qtype])
+        return torch.from_numpy(np.ascontiguousarray(raw).view(np.uint8).reshape(-1).copy())
+    except NotImplementedError:
+        block, size = BLOCK_GEOMETRY[qtype]
+        raw = rng.integers(0, 256, (rows * cols // block, size), dtype=np.uint8)
+        offset, count = SCALE_OFFSETS.get(qtype, (0, 2))
+        scales = rng.uniform(0.002, 0.02, (raw.shape[0], count)).astype(np.float16)
+        raw[:, offset : offset + 2 * count] = scales.view(np.uint8)
+        return torch.from_numpy(raw.reshape(-1))
+
+
+@pytest.mark.parametrize("qtype", sorted(AFFINE_TYPES))
+def test_affine_form_is_exact(qtype):
+    raw = random_blocks(qtype, 8, 512)
+    g = affine_groups(raw, qtype, (8, 512))
+    w = g.codes.float() * g.scale.repeat_interleave(32, 1) + g.zero.repeat_interleave(32, 1)
+    torch.testing.assert_close(w, dequantize(raw, qtype, (8, 512)), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("qtype", sorted(AFFINE_TYPES))
+@pytest.mark.parametrize("batch", [1, 7, 128])
+def test_int4_planes_match_dequantized_matmul(qtype, batch):
+    rows, cols = 96, 512
+    raw = random_blocks(qtype, rows, cols, seed=batch)
+    weight = Int4PlanesWeight(affine_groups(raw, qtype, (rows, cols)))
+    ref_w = dequantize(raw, qtype, (rows, cols))
+    x = torch.randn(batch, cols, generator=torch.Generator().manual_seed(1))
+    got = weight.matmul(x)
+    expected = x @ ref_w.t()
+    # bfloat16 activations and scales: ~3 significant digits
+    scale = expected.abs().max()
+    assert (got - expected).abs().max() <= 0.01 * scale
+    assert got.dtype == x.dtype and got.shape == (batch, rows)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0", "Q5_0"])
+def test_int4_planes_rows_decode_the_weight(qtype):
+    if not row_decode_supported():
+        pytest.skip("this torch build packs int4 differently; embeddings keep a dense copy")
+    raw = random_blocks(qtype, 64, 256)
+    weight = Int4PlanesWeight(affine_groups(raw, qtype, (64, 256)))
+    ids = torch.tensor([0, 17, 31, 32, 63])
+    ref = dequantize(raw, qtype, (64, 256))[ids]
+    assert (weight.rows(ids) - ref).abs().max() <= 0.01 * ref.abs().max()
+
+
+@pytest.mark.parametrize("qtype", ALL_QUANT)
+def test_every_type_has_a_packed_form_that_multiplies_correctly(qtype):
+    rows, cols = 64, 512
+    raw = RawTensor("w", qtype, (rows, cols), random_blocks(qtype, rows, cols))
+    weight = packed_weight(raw, torch.device("cpu"), torch.float32)
+    x = torch.randn(3, cols)
+    expected = x @ dequantize(raw.data, qtype, (rows, cols)).t()
+    assert (weight.matmul(x) - expected).abs().max() <= 0.01 * expected.abs().max()
+    assert weight.kind == ("int4-planes" if qtype in AFFINE_TYPES else "dense")
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q8_0"])
+def test_block_weight_dequantizes_per_use(qtype):
+    rows, cols = 32, 512
+    raw = RawTensor("w", qtype, (rows, cols), random_blocks(qtype, rows, cols))
+    weight = BlockWeight(raw, torch.device("cpu"), torch.float32)
+    ref = dequantize(raw.data, qtype, (rows, cols))
+    x = torch.randn(2, cols)
+    torch.testing.assert_close(weight.matmul(x), x @ ref.t())
+    torch.testing.assert_close(weight.rows(torch.tensor([3, 30])), ref[[3, 30]])
+    assert weight.nbytes == raw.data.numel()
+
+
+def test_packed_forms_are_compact():
+    rows, cols = 256, 1024
+    for qtype in ("Q4_0", "Q4_1", "Q4_K", "Q8_0"):
+        raw = random_blocks(qtype, rows, cols)
+        weight = Int4PlanesWeight(affine_groups(raw, qtype, (rows, cols)))
+        assert weight.nbytes <= 1.25 * raw.numel(), qtype
+    dense = DenseWeight(torch.zeros(rows, cols))
+    assert dense.nbytes == rows * cols * 4
