@@ -10,7 +10,8 @@ from mistralrs.engine.formats.checkpoint import RawTensor
 from mistralrs.engine.quant.affine import AFFINE_TYPES, affine_groups
 from mistralrs.engine.quant.dequant import BLOCK_GEOMETRY, dequantize
 from mistralrs.engine.quant.int4_planes import Int4PlanesWeight, row_decode_supported
-from mistralrs.engine.quant.weights import BlockWeight, DenseWeight, packed_weight
+from mistralrs.engine.quant.native import NATIVE_TYPES, native_ops
+from mistralrs.engine.quant.weights import NATIVE_MAX_ROWS, BlockWeight, DenseWeight, NativeBlockWeight, packed_weight
 
 ALL_QUANT = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 SCALE_OFFSETS = {"Q2_K": (80, 2), "Q3_K": (108, 1), "Q6_K": (208, 1)}  # f16 fields at the block end
@@ -77,7 +78,33 @@ def test_every_type_has_a_packed_form_that_multiplies_correctly(qtype):
     x = torch.randn(3, cols)
     expected = x @ dequantize(raw.data, qtype, (rows, cols)).t()
     assert (weight.matmul(x) - expected).abs().max() <= 0.01 * expected.abs().max()
-    assert weight.kind == ("int4-planes" if qtype in AFFINE_TYPES else "dense")
+    if qtype in NATIVE_TYPES and native_ops() is not None:
+        assert weight.kind == "gguf-native"
+    else:
+        assert weight.kind == ("int4-planes" if qtype in AFFINE_TYPES else "dense")
+
+
+def test_native_kernels_build_on_this_machine():
+    # CI and dev machines have a compiler; elsewhere the torch fallbacks above still hold.
+    assert native_ops() is not None
+
+
+@pytest.mark.parametrize("qtype", sorted(NATIVE_TYPES))
+@pytest.mark.parametrize("batch", [1, 2, 7, NATIVE_MAX_ROWS, 128])
+def test_native_kernel_matches_dequantized_matmul(qtype, batch):
+    if native_ops() is None:
+        pytest.skip("no C++ toolchain here")
+    rows, cols = 64, 512
+    raw = RawTensor("w", qtype, (rows, cols), random_blocks(qtype, rows, cols, seed=batch))
+    weight = NativeBlockWeight(raw, native_ops())
+    x = torch.randn(batch, cols, generator=torch.Generator().manual_seed(batch))
+    expected = x @ dequantize(raw.data, qtype, (rows, cols)).t()
+    got = weight.matmul(x)
+    # float32 activations and exact weights: only summation order differs
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+    ids = torch.tensor([0, 9, 63])
+    torch.testing.assert_close(weight.rows(ids), dequantize(raw.data, qtype, (rows, cols))[ids])
+    assert weight.nbytes == raw.data.numel()
 
 
 @pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q8_0"])

@@ -1,9 +1,12 @@
-"""How a loaded weight is held and multiplied. Three forms:
+"""How a loaded weight is held and multiplied. Four forms:
 
-- ``DenseWeight``: a plain tensor (float checkpoints, the float32 reference mode, and on CPU the
-  16-element-group K-quants, whose scales do not fit the int4 kernels).
-- ``Int4PlanesWeight`` (int4_planes.py): group-32 types packed for torch's CPU int4 kernel.
-- ``BlockWeight``: the file's blocks as they are, dequantized on each use (other devices).
+- ``NativeBlockWeight``: on CPU, the file's blocks exactly as stored, multiplied by the project's
+  C++ kernel (float32 activations) for decode-sized batches; larger batches dequantize and use
+  the BLAS matmul.
+- ``Int4PlanesWeight`` (int4_planes.py): group-32 types packed for torch's CPU int4 kernel, when
+  the C++ kernels cannot be built.
+- ``DenseWeight``: a plain tensor (float checkpoints, the float32 reference mode, fallbacks).
+- ``BlockWeight``: the file's blocks, dequantized on each use (GPUs and other devices).
 
 Every form answers ``matmul(x)``, ``rows(ids)`` (embedding lookups share the head's storage) and
 ``nbytes``.
@@ -18,6 +21,9 @@ from ..formats.checkpoint import RawTensor
 from .affine import AFFINE_TYPES, affine_groups
 from .dequant import BLOCK_GEOMETRY, dequantize
 from .int4_planes import Int4PlanesWeight, row_decode_supported
+from .native import NATIVE_TYPES, native_ops
+
+NATIVE_MAX_ROWS = 16  # activations rows up to which the C++ kernel beats dequantize + BLAS
 
 FLOAT_TYPES = ("F32", "F16", "BF16")
 
@@ -48,9 +54,11 @@ class BlockWeight:
 
     kind = "blocks"
 
-    def __init__(self, raw: RawTensor, device: torch.device, compute_dtype: torch.dtype):
+    def __init__(self, raw: RawTensor, device: torch.device, compute_dtype: torch.dtype, copy: bool = True):
         self.qtype, self.shape = raw.qtype, tuple(raw.shape)
-        self.raw = raw.data.reshape(-1).view(torch.uint8).to(device).clone()
+        data = raw.data.reshape(-1).view(torch.uint8)
+        # On CPU the blocks may stay a view of the memory-mapped file: zero-copy, pages shared.
+        self.raw = data.to(device).clone() if copy else data.contiguous()
         self.compute_dtype = compute_dtype
         block, size = BLOCK_GEOMETRY[self.qtype]
         self.row_bytes = self.shape[1] // block * size
@@ -70,6 +78,24 @@ class BlockWeight:
         return self.raw.numel()
 
 
+class NativeBlockWeight(BlockWeight):
+    """GGUF blocks kept as stored (memory = file bytes), read directly by the C++ kernel."""
+
+    kind = "gguf-native"
+
+    def __init__(self, raw: RawTensor, ops) -> None:
+        super().__init__(raw, torch.device("cpu"), torch.float32, copy=False)
+        self.ops, self.type_id = ops, NATIVE_TYPES[raw.qtype]
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        lead, cols = x.shape[:-1], x.shape[-1]
+        flat = x.reshape(-1, cols)
+        if flat.shape[0] > NATIVE_MAX_ROWS:
+            return super().matmul(x)
+        y = self.ops.gguf_matmul(flat.float(), self.raw, self.type_id, self.shape[0])
+        return y.to(x.dtype).reshape(*lead, self.shape[0])
+
+
 def dense_from_raw(raw: RawTensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     if raw.qtype in FLOAT_TYPES and raw.data.dtype != torch.uint8:
         t = raw.data.reshape(raw.shape)
@@ -87,6 +113,9 @@ def packed_weight(raw: RawTensor, device: torch.device, compute_dtype: torch.dty
     if raw.qtype in FLOAT_TYPES:
         return DenseWeight(dense_from_raw(raw, compute_dtype, device))
     if device.type == "cpu":
+        ops = native_ops() if raw.qtype in NATIVE_TYPES else None
+        if ops is not None:
+            return NativeBlockWeight(raw, ops)
         if (raw.qtype in AFFINE_TYPES and Int4PlanesWeight.supports(rows, cols)
                 and (not need_rows or row_decode_supported())):
             return Int4PlanesWeight(affine_groups(raw.data, raw.qtype, (rows, cols)))

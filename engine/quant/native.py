@@ -1,0 +1,50 @@
+"""The project's C++ kernels (kernels/*.cpp), compiled for this machine on first use.
+
+torch's extension builder compiles them with -O3 -march=native into the mistralrs cache (about a
+minute, once per machine and torch version). Without a compiler, ninja or on an unsupported CPU the
+build fails once, is logged, and callers fall back to pure-torch paths.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+SOURCES = [Path(__file__).parent / "kernels" / "gguf_matmul.cpp"]
+# GGML type ids the C++ matmul reads directly
+NATIVE_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
+
+
+def _build_dir() -> Path:
+    digest = hashlib.sha256()
+    for src in SOURCES:
+        digest.update(src.read_bytes())
+    digest.update(f"{torch.__version__} {platform.machine()} {torch.backends.cpu.get_cpu_capability()}".encode())
+    root = os.environ.get("MISTRALRS_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mistralrs"
+    path = Path(root) / "kernels" / digest.hexdigest()[:16]
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@functools.cache
+def native_ops():
+    """``torch.ops.mistralrs_kernels`` once built and loaded, else None (reason logged)."""
+    if os.environ.get("MISTRALRS_NO_NATIVE"):
+        return None
+    try:
+        from torch.utils.cpp_extension import load
+
+        flags = ["-O3", "-march=native", "-fno-math-errno"]
+        load(name="mistralrs_kernels", sources=[str(s) for s in SOURCES], extra_cflags=flags,
+             build_directory=str(_build_dir()), is_python_module=False, verbose=False)
+        return torch.ops.mistralrs_kernels
+    except Exception as exc:  # no compiler / ninja / headers: the torch paths still work
+        log.warning("native kernels unavailable (%s: %s); using torch kernels", type(exc).__name__, str(exc)[:300])
+        return None
