@@ -3,10 +3,14 @@
 // s and one offset z (w = s * c + z), so a row's dot product is
 //     sum_g  s_g * (c_g . x_g)  +  z_g * sum(x_g)
 // with the per-group sums of x computed once per call. Rows are split across torch's threads.
+//
+// The AVX2 decoders avoid byte shuffles: they shift whole 32-bit lanes, which yields the codes in
+// a fixed lane order per format; x is permuted into that order once per call instead.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <array>
 #include <cstdint>
 #include <cstring>
 
@@ -60,21 +64,38 @@ inline void k_scale_min(const uint8_t* s, int j, int& sc, int& m) {
   }
 }
 
-// One 32-weight group: codes into c[32] (integer-valued floats), w = s * c + z.
+// Lane order of the decoders: position p = 8 * vector + lane holds element order[p] of the group.
+// Nibble formats (16 bytes, element e < 16 in the low nibble of byte e, e + 16 in the high one):
+// lanes 0-3 read the low nibble of byte 4 * lane + vector, lanes 4-7 the high nibble.
+// Byte formats (32 bytes, element e in byte e): lane l of vector v reads byte 4 * l + v.
+constexpr std::array<int, 32> nibble_order() {
+  std::array<int, 32> o{};
+  for (int v = 0; v < 4; ++v)
+    for (int l = 0; l < 8; ++l) o[8 * v + l] = l < 4 ? 4 * l + v : 4 * (l - 4) + v + 16;
+  return o;
+}
+constexpr std::array<int, 32> byte_order() {
+  std::array<int, 32> o{};
+  for (int v = 0; v < 4; ++v)
+    for (int l = 0; l < 8; ++l) o[8 * v + l] = 4 * l + v;
+  return o;
+}
+constexpr std::array<int, 32> kNibbleOrder = nibble_order();
+constexpr std::array<int, 32> kByteOrder = byte_order();
+
+bool nibble_layout(int64_t t) { return t == Q4_0 || t == Q4_1 || t == Q5_0 || t == Q5_1; }
+
+// Portable decoder (also the reference for the AVX2 ones): the group's codes in natural order.
 inline void decode_group(int64_t t, const uint8_t* b, int g, float* c, float& s, float& z) {
   switch (t) {
-    case Q4_0: {
-      s = half_to_float(b);
-      z = 0.f;
-      const uint8_t* q = b + 2;
-      for (int j = 0; j < 16; ++j) { c[j] = float(q[j] & 15) - 8.f; c[j + 16] = float(q[j] >> 4) - 8.f; }
-      return;
-    }
+    case Q4_0:
     case Q4_1: {
+      const bool affine = t == Q4_1;
       s = half_to_float(b);
-      z = half_to_float(b + 2);
-      const uint8_t* q = b + 4;
-      for (int j = 0; j < 16; ++j) { c[j] = float(q[j] & 15); c[j + 16] = float(q[j] >> 4); }
+      z = affine ? half_to_float(b + 2) : 0.f;
+      const uint8_t* q = b + (affine ? 4 : 2);
+      const float off = affine ? 0.f : 8.f;
+      for (int j = 0; j < 16; ++j) { c[j] = float(q[j] & 15) - off; c[j + 16] = float(q[j] >> 4) - off; }
       return;
     }
     case Q5_0:
@@ -144,114 +165,151 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(lo);
 }
 
-inline __m256 u8x8_to_ps(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)); }
-inline __m256 i8x8_to_ps(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)); }
+inline __m256i lane_shift(__m256i d, int n) { return _mm256_srl_epi32(d, _mm_cvtsi32_si128(n)); }
 
-// Fast decoders for the common types: 32 codes as four 8-float vectors.
-inline bool decode_group_avx2(int64_t t, const uint8_t* b, int g, __m256* c, float& s, float& z) {
-  switch (t) {
-    case Q4_0:
-    case Q4_1: {
-      const bool affine = t == Q4_1;
-      s = half_to_float(b);
-      z = affine ? half_to_float(b + 2) : 0.f;
-      __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + (affine ? 4 : 2)));
-      const __m128i mask = _mm_set1_epi8(15);
-      __m128i lo = _mm_and_si128(q, mask), hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
-      if (!affine) {
-        const __m128i eight = _mm_set1_epi8(8);
-        lo = _mm_sub_epi8(lo, eight);
-        hi = _mm_sub_epi8(hi, eight);
-        c[0] = i8x8_to_ps(lo); c[1] = i8x8_to_ps(_mm_srli_si128(lo, 8));
-        c[2] = i8x8_to_ps(hi); c[3] = i8x8_to_ps(_mm_srli_si128(hi, 8));
-      } else {
-        c[0] = u8x8_to_ps(lo); c[1] = u8x8_to_ps(_mm_srli_si128(lo, 8));
-        c[2] = u8x8_to_ps(hi); c[3] = u8x8_to_ps(_mm_srli_si128(hi, 8));
-      }
-      return true;
+// Each decoder writes the group's codes (in the lane order above) as 4 vectors and s, z.
+struct DecodeQ4 {  // Q4_0 (centered) and Q4_1 (affine)
+  bool affine;
+  void operator()(const uint8_t* b, int, __m256* c, float& s, float& z) const {
+    s = half_to_float(b);
+    z = affine ? half_to_float(b + 2) : 0.f;
+    const __m256i d = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + (affine ? 4 : 2))));
+    const __m256i mask = _mm256_set1_epi32(15), off = _mm256_set1_epi32(affine ? 0 : 8);
+    for (int v = 0; v < 4; ++v) {
+      const __m256i sh = _mm256_setr_epi32(8 * v, 8 * v, 8 * v, 8 * v, 8 * v + 4, 8 * v + 4, 8 * v + 4, 8 * v + 4);
+      c[v] = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(_mm256_srlv_epi32(d, sh), mask), off));
     }
-    case Q8_0: {
-      s = half_to_float(b);
-      z = 0.f;
-      const __m128i* q = reinterpret_cast<const __m128i*>(b + 2);
-      __m128i a = _mm_loadu_si128(q), bb = _mm_loadu_si128(q + 1);
-      c[0] = i8x8_to_ps(a); c[1] = i8x8_to_ps(_mm_srli_si128(a, 8));
-      c[2] = i8x8_to_ps(bb); c[3] = i8x8_to_ps(_mm_srli_si128(bb, 8));
-      return true;
-    }
-    case Q4_K: {
-      const float d = half_to_float(b), dmin = half_to_float(b + 2);
-      int sc, m;
-      k_scale_min(b + 4, g, sc, m);
-      s = d * float(sc);
-      z = -(dmin * float(m));
-      __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 16 + 32 * (g / 2)));
-      if (g & 1) q = _mm256_srli_epi16(q, 4);
-      q = _mm256_and_si256(q, _mm256_set1_epi8(15));
-      __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
-      c[0] = u8x8_to_ps(lo); c[1] = u8x8_to_ps(_mm_srli_si128(lo, 8));
-      c[2] = u8x8_to_ps(hi); c[3] = u8x8_to_ps(_mm_srli_si128(hi, 8));
-      return true;
-    }
-    default:
-      return false;
   }
-}
-#endif
+};
 
-// Rows [r0, r1) of W against M rows of x (M <= 4 per pass).
-template <int M>
-void rows_kernel(int64_t t, const uint8_t* w, int64_t row_bytes, int64_t K, const float* x, const float* xsum,
-                 float* y, int64_t N, int64_t r0, int64_t r1, int64_t m0) {
-  const Geometry geo = geometry(t);
+struct DecodeQ5 {  // Q5_0 (centered) and Q5_1 (affine)
+  bool affine;
+  void operator()(const uint8_t* b, int, __m256* c, float& s, float& z) const {
+    s = half_to_float(b);
+    z = affine ? half_to_float(b + 2) : 0.f;
+    uint32_t qh;
+    std::memcpy(&qh, b + (affine ? 4 : 2), 4);
+    const __m256i d = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + (affine ? 8 : 6))));
+    const __m256i h = _mm256_set1_epi32(int(qh));
+    const __m256i mask = _mm256_set1_epi32(15), one = _mm256_set1_epi32(1), off = _mm256_set1_epi32(affine ? 0 : 16);
+    for (int v = 0; v < 4; ++v) {
+      const __m256i sh = _mm256_setr_epi32(8 * v, 8 * v, 8 * v, 8 * v, 8 * v + 4, 8 * v + 4, 8 * v + 4, 8 * v + 4);
+      const __m256i hb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kNibbleOrder.data() + 8 * v));
+      __m256i q = _mm256_and_si256(_mm256_srlv_epi32(d, sh), mask);
+      q = _mm256_or_si256(q, _mm256_slli_epi32(_mm256_and_si256(_mm256_srlv_epi32(h, hb), one), 4));
+      c[v] = _mm256_cvtepi32_ps(_mm256_sub_epi32(q, off));
+    }
+  }
+};
+
+struct DecodeQ8 {
+  void operator()(const uint8_t* b, int, __m256* c, float& s, float& z) const {
+    s = half_to_float(b);
+    z = 0.f;
+    const __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 2));
+    c[0] = _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(d, 24), 24));
+    c[1] = _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(d, 16), 24));
+    c[2] = _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(d, 8), 24));
+    c[3] = _mm256_cvtepi32_ps(_mm256_srai_epi32(d, 24));
+  }
+};
+
+struct DecodeQK {  // Q4_K and Q5_K sub-blocks of 32
+  bool five;
+  void operator()(const uint8_t* b, int g, __m256* c, float& s, float& z) const {
+    const float d = half_to_float(b), dmin = half_to_float(b + 2);
+    int sc, m;
+    k_scale_min(b + 4, g, sc, m);
+    s = d * float(sc);
+    z = -(dmin * float(m));
+    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + (five ? 48 : 16) + 32 * (g / 2)));
+    const int base = (g & 1) * 4;
+    const __m256i mask = _mm256_set1_epi32(15), one = _mm256_set1_epi32(1);
+    const __m256i qh = five ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 16)) : _mm256_setzero_si256();
+    for (int v = 0; v < 4; ++v) {
+      __m256i x = _mm256_and_si256(lane_shift(q, 8 * v + base), mask);
+      if (five) x = _mm256_or_si256(x, _mm256_slli_epi32(_mm256_and_si256(lane_shift(qh, 8 * v + g), one), 4));
+      c[v] = _mm256_cvtepi32_ps(x);
+    }
+  }
+};
+
+struct DecodeQ6K {
+  void operator()(const uint8_t* b, int g, __m256* c, float& s, float& z) const {
+    s = half_to_float(b + 208);
+    z = 0.f;
+    const int half = g / 4, quarter = g % 4;
+    const __m256i ql = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 64 * half + (quarter & 1) * 32));
+    const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 128 + 32 * half));
+    const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192) + 8 * half + 2 * quarter;
+    // lanes 0-3 hold elements < 16 (first sub-block), lanes 4-7 the second
+    const __m256 scale = _mm256_setr_ps(sc[0], sc[0], sc[0], sc[0], sc[1], sc[1], sc[1], sc[1]);
+    const int nib = quarter >= 2 ? 4 : 0, hs = 2 * quarter;
+    const __m256i m4 = _mm256_set1_epi32(15), m2 = _mm256_set1_epi32(3), off = _mm256_set1_epi32(32);
+    for (int v = 0; v < 4; ++v) {
+      __m256i x = _mm256_and_si256(lane_shift(ql, 8 * v + nib), m4);
+      x = _mm256_or_si256(x, _mm256_slli_epi32(_mm256_and_si256(lane_shift(qh, 8 * v + hs), m2), 4));
+      c[v] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(x, off)), scale);
+    }
+  }
+};
+
+// Rows [r0, r1) of W against M rows of (permuted) x.
+template <int M, class Decode>
+void rows_kernel(const Decode& decode, const Geometry geo, const uint8_t* w, int64_t row_bytes, int64_t K,
+                 const float* xp, const float* xsum, float* y, int64_t N, int64_t r0, int64_t r1, int64_t m0) {
   const int64_t groups = K / 32, per_block = geo.block / 32;
-  alignas(32) float c[32];
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = w + r * row_bytes;
-    float zacc[M] = {};
-#ifdef MRS_AVX2
     __m256 acc[M];
-    for (int m = 0; m < M; ++m) acc[m] = _mm256_setzero_ps();
-#else
-    float acc[M] = {};
-#endif
+    float zacc[M];
+    for (int m = 0; m < M; ++m) { acc[m] = _mm256_setzero_ps(); zacc[m] = 0.f; }
     for (int64_t g = 0; g < groups; ++g) {
-      const uint8_t* block = row + (g / per_block) * geo.bytes;
-      const int sub = int(g % per_block);
+      __m256 c[4];
       float s, z;
-#ifdef MRS_AVX2
-      __m256 cv[4];
-      if (!decode_group_avx2(t, block, sub, cv, s, z)) {
-        decode_group(t, block, sub, c, s, z);
-        for (int j = 0; j < 4; ++j) cv[j] = _mm256_load_ps(c + 8 * j);
-      }
+      decode(row + (g / per_block) * geo.bytes, int(g % per_block), c, s, z);
       const __m256 sv = _mm256_set1_ps(s);
       for (int m = 0; m < M; ++m) {
-        const float* xg = x + (m0 + m) * K + 32 * g;
-        __m256 p = _mm256_mul_ps(cv[0], _mm256_loadu_ps(xg));
-        p = _mm256_fmadd_ps(cv[1], _mm256_loadu_ps(xg + 8), p);
-        p = _mm256_fmadd_ps(cv[2], _mm256_loadu_ps(xg + 16), p);
-        p = _mm256_fmadd_ps(cv[3], _mm256_loadu_ps(xg + 24), p);
+        const float* xg = xp + (m0 + m) * K + 32 * g;
+        __m256 p = _mm256_mul_ps(c[0], _mm256_loadu_ps(xg));
+        p = _mm256_fmadd_ps(c[1], _mm256_loadu_ps(xg + 8), p);
+        p = _mm256_fmadd_ps(c[2], _mm256_loadu_ps(xg + 16), p);
+        p = _mm256_fmadd_ps(c[3], _mm256_loadu_ps(xg + 24), p);
         acc[m] = _mm256_fmadd_ps(p, sv, acc[m]);
         zacc[m] += z * xsum[(m0 + m) * groups + g];
       }
-#else
-      decode_group(t, block, sub, c, s, z);
-      for (int m = 0; m < M; ++m) {
-        const float* xg = x + (m0 + m) * K + 32 * g;
+    }
+    for (int m = 0; m < M; ++m) y[(m0 + m) * N + r] = hsum(acc[m]) + zacc[m];
+  }
+}
+
+template <class Decode>
+void run_rows(const Decode& decode, const Geometry geo, const uint8_t* w, int64_t row_bytes, int64_t K,
+              const float* xp, const float* xsum, float* y, int64_t M, int64_t N, int64_t r0, int64_t r1) {
+  int64_t m = 0;
+  for (; m + 4 <= M; m += 4) rows_kernel<4>(decode, geo, w, row_bytes, K, xp, xsum, y, N, r0, r1, m);
+  for (; m + 2 <= M; m += 2) rows_kernel<2>(decode, geo, w, row_bytes, K, xp, xsum, y, N, r0, r1, m);
+  for (; m < M; ++m) rows_kernel<1>(decode, geo, w, row_bytes, K, xp, xsum, y, N, r0, r1, m);
+}
+#endif
+
+void portable_rows(int64_t t, const Geometry geo, const uint8_t* w, int64_t row_bytes, int64_t K, const float* x,
+                   const float* xsum, float* y, int64_t M, int64_t N, int64_t r0, int64_t r1) {
+  const int64_t groups = K / 32, per_block = geo.block / 32;
+  float c[32];
+  for (int64_t r = r0; r < r1; ++r) {
+    for (int64_t m = 0; m < M; ++m) {
+      float acc = 0.f, zacc = 0.f;
+      for (int64_t g = 0; g < groups; ++g) {
+        float s, z;
+        decode_group(t, w + r * row_bytes + (g / per_block) * geo.bytes, int(g % per_block), c, s, z);
+        const float* xg = x + m * K + 32 * g;
         float p = 0.f;
         for (int j = 0; j < 32; ++j) p += c[j] * xg[j];
-        acc[m] += s * p;
-        zacc[m] += z * xsum[(m0 + m) * groups + g];
+        acc += s * p;
+        zacc += z * xsum[m * groups + g];
       }
-#endif
-    }
-    for (int m = 0; m < M; ++m) {
-#ifdef MRS_AVX2
-      y[(m0 + m) * N + r] = hsum(acc[m]) + zacc[m];
-#else
-      y[(m0 + m) * N + r] = acc[m] + zacc[m];
-#endif
+      y[m * N + r] = acc + zacc;
     }
   }
 }
@@ -270,16 +328,34 @@ torch::Tensor gguf_matmul(torch::Tensor x, torch::Tensor w, int64_t qtype, int64
   TORCH_CHECK(w.numel() == N * row_bytes, "gguf_matmul: weight has ", w.numel(), " bytes, expected ", N * row_bytes);
   auto xsum = x.view({M, K / 32, 32}).sum(2).contiguous();
   auto y = torch::empty({M, N}, x.options());
-  const float* xp = x.data_ptr<float>();
   const float* sp = xsum.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   const uint8_t* wp = w.data_ptr<uint8_t>();
+#ifdef MRS_AVX2
+  // x in the decoders' lane order, once per call
+  const auto& order = nibble_layout(qtype) ? kNibbleOrder : kByteOrder;
+  auto index = torch::empty({32}, torch::kLong);
+  for (int p = 0; p < 32; ++p) index[p] = order[p];
+  auto xp_t = x.view({M, K / 32, 32}).index_select(2, index).contiguous();
+  const float* xp = xp_t.data_ptr<float>();
   at::parallel_for(0, N, 16, [&](int64_t r0, int64_t r1) {
-    int64_t m = 0;
-    for (; m + 4 <= M; m += 4) rows_kernel<4>(qtype, wp, row_bytes, K, xp, sp, yp, N, r0, r1, m);
-    for (; m + 2 <= M; m += 2) rows_kernel<2>(qtype, wp, row_bytes, K, xp, sp, yp, N, r0, r1, m);
-    for (; m < M; ++m) rows_kernel<1>(qtype, wp, row_bytes, K, xp, sp, yp, N, r0, r1, m);
+    switch (qtype) {
+      case Q4_0: run_rows(DecodeQ4{false}, geo, wp, row_bytes, K, xp, sp, yp, M, N, r0, r1); break;
+      case Q4_1: run_rows(DecodeQ4{true}, geo, wp, row_bytes, K, xp, sp, yp, M, N, r0, r1); break;
+      case Q5_0: run_rows(DecodeQ5{false}, geo, wp, row_bytes, K, xp, sp, yp, M, N, r0, r1); break;
+      case Q5_1: run_rows(DecodeQ5{true}, geo, wp, row_bytes, K, xp, sp, yp, M, N, r0, r1); break;
+      case Q8_0: run_rows(DecodeQ8{}, geo, wp, row_bytes, K, xp, sp, yp, M, N, r0, r1); break;
+      case Q4_K: run_rows(DecodeQK{false}, geo, wp, row_bytes, K, xp, sp, yp, M, N, r0, r1); break;
+      case Q5_K: run_rows(DecodeQK{true}, geo, wp, row_bytes, K, xp, sp, yp, M, N, r0, r1); break;
+      case Q6_K: run_rows(DecodeQ6K{}, geo, wp, row_bytes, K, xp, sp, yp, M, N, r0, r1); break;
+    }
   });
+#else
+  const float* xptr = x.data_ptr<float>();
+  at::parallel_for(0, N, 16, [&](int64_t r0, int64_t r1) {
+    portable_rows(qtype, geo, wp, row_bytes, K, xptr, sp, yp, M, N, r0, r1);
+  });
+#endif
   return y;
 }
 
