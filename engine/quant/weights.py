@@ -87,12 +87,16 @@ class NativeBlockWeight(BlockWeight):
         super().__init__(raw, torch.device("cpu"), torch.float32, copy=False)
         self.ops, self.type_id = ops, NATIVE_TYPES[raw.qtype]
 
+    def dense(self) -> torch.Tensor:
+        return self.ops.gguf_dequantize(self.raw, self.type_id, *self.shape)
+
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         lead, cols = x.shape[:-1], x.shape[-1]
-        flat = x.reshape(-1, cols)
-        if flat.shape[0] > NATIVE_MAX_ROWS:
-            return super().matmul(x)
-        y = self.ops.gguf_matmul(flat.float(), self.raw, self.type_id, self.shape[0])
+        flat = x.reshape(-1, cols).float()
+        if flat.shape[0] > NATIVE_MAX_ROWS:  # prefill: dequantize once, then the BLAS matmul
+            y = F.linear(flat, self.dense())
+        else:
+            y = self.ops.gguf_matmul(flat, self.raw, self.type_id, self.shape[0])
         return y.to(x.dtype).reshape(*lead, self.shape[0])
 
 

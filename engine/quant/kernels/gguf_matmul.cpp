@@ -359,10 +359,37 @@ torch::Tensor gguf_matmul(torch::Tensor x, torch::Tensor w, int64_t qtype, int64
   return y;
 }
 
+// Rows of W as float32 [N, K] (prefill multiplies these with the BLAS matmul). Same arithmetic as
+// the matmul's decoders (w = s * c + z per element), so both paths see the same weights.
+torch::Tensor gguf_dequantize(torch::Tensor w, int64_t qtype, int64_t N, int64_t K) {
+  TORCH_CHECK(w.scalar_type() == torch::kUInt8 && w.is_contiguous(), "gguf_dequantize: w must be contiguous uint8");
+  const Geometry geo = geometry(qtype);
+  TORCH_CHECK(K % geo.block == 0, "gguf_dequantize: K=", K, " is not a multiple of the block size ", geo.block);
+  const int64_t row_bytes = K / geo.block * geo.bytes, groups = K / 32, per_block = geo.block / 32;
+  TORCH_CHECK(w.numel() == N * row_bytes, "gguf_dequantize: weight has ", w.numel(), " bytes, expected ", N * row_bytes);
+  auto out = torch::empty({N, K}, torch::kFloat32);
+  float* op = out.data_ptr<float>();
+  const uint8_t* wp = w.data_ptr<uint8_t>();
+  at::parallel_for(0, N, 64, [&](int64_t r0, int64_t r1) {
+    float c[32];
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t g = 0; g < groups; ++g) {
+        float s, z;
+        decode_group(qtype, wp + r * row_bytes + (g / per_block) * geo.bytes, int(g % per_block), c, s, z);
+        float* o = op + r * K + 32 * g;
+        for (int j = 0; j < 32; ++j) o[j] = s * c[j] + z;
+      }
+    }
+  });
+  return out;
+}
+
 TORCH_LIBRARY(mistralrs_kernels, m) {
   m.def("gguf_matmul(Tensor x, Tensor w, int qtype, int N) -> Tensor");
+  m.def("gguf_dequantize(Tensor w, int qtype, int N, int K) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(mistralrs_kernels, CPU, m) {
   m.impl("gguf_matmul", &gguf_matmul);
+  m.impl("gguf_dequantize", &gguf_dequantize);
 }
