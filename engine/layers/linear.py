@@ -58,3 +58,14 @@ class Embedding(_Weighted):
         if self.packed is None:
             return F.embedding(ids, self.weight)
         return self.packed.rows(ids).to(self.dtype)
+
+
+def linear_many(x: torch.Tensor, layers: list[Linear]) -> list[torch.Tensor]:
+    """``[layer(x) for layer in layers]``, in one kernel call when the weights allow it."""
+    from mistralrs.engine.quant.weights import native_matmul_many
+
+    if all(layer.packed is not None and layer.bias is None for layer in layers):
+        fused = native_matmul_many(x, [layer.packed for layer in layers])
+        if fused is not None:
+            return fused
+    return [layer(x) for layer in layers]

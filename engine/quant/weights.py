@@ -100,6 +100,21 @@ class NativeBlockWeight(BlockWeight):
         return y.to(x.dtype).reshape(*lead, self.shape[0])
 
 
+def native_matmul_many(x: torch.Tensor, weights: list) -> list[torch.Tensor] | None:
+    """Several native weights applied to one input in a single kernel call (q/k/v, gate/up);
+    None when that does not apply (another weight form, or a prefill-sized batch)."""
+    if not all(isinstance(w, NativeBlockWeight) for w in weights):
+        return None
+    lead, cols = x.shape[:-1], x.shape[-1]
+    flat = x.reshape(-1, cols)
+    if flat.shape[0] > NATIVE_MAX_ROWS:
+        return None
+    y = weights[0].ops.gguf_matmul_many(flat.float(), [w.raw for w in weights], [w.type_id for w in weights],
+                                        [w.shape[0] for w in weights])
+    outs = y.to(x.dtype).split([w.shape[0] for w in weights], dim=-1)
+    return [o.reshape(*lead, o.shape[-1]) for o in outs]
+
+
 def dense_from_raw(raw: RawTensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     if raw.qtype in FLOAT_TYPES and raw.data.dtype != torch.uint8:
         t = raw.data.reshape(raw.shape)

@@ -316,47 +316,92 @@ void portable_rows(int64_t t, const Geometry geo, const uint8_t* w, int64_t row_
 
 }  // namespace
 
-// x: float32 [M, K]; w: uint8 [N * row_bytes] GGUF blocks of type `qtype`; returns float32 [M, N].
-torch::Tensor gguf_matmul(torch::Tensor x, torch::Tensor w, int64_t qtype, int64_t N) {
+#ifdef MRS_AVX2
+void dispatch_rows(int64_t qtype, const Geometry geo, const uint8_t* w, int64_t row_bytes, int64_t K,
+                   const float* xp, const float* xsum, float* y, int64_t M, int64_t ldy, int64_t r0, int64_t r1) {
+  switch (qtype) {
+    case Q4_0: run_rows(DecodeQ4{false}, geo, w, row_bytes, K, xp, xsum, y, M, ldy, r0, r1); break;
+    case Q4_1: run_rows(DecodeQ4{true}, geo, w, row_bytes, K, xp, xsum, y, M, ldy, r0, r1); break;
+    case Q5_0: run_rows(DecodeQ5{false}, geo, w, row_bytes, K, xp, xsum, y, M, ldy, r0, r1); break;
+    case Q5_1: run_rows(DecodeQ5{true}, geo, w, row_bytes, K, xp, xsum, y, M, ldy, r0, r1); break;
+    case Q8_0: run_rows(DecodeQ8{}, geo, w, row_bytes, K, xp, xsum, y, M, ldy, r0, r1); break;
+    case Q4_K: run_rows(DecodeQK{false}, geo, w, row_bytes, K, xp, xsum, y, M, ldy, r0, r1); break;
+    case Q5_K: run_rows(DecodeQK{true}, geo, w, row_bytes, K, xp, xsum, y, M, ldy, r0, r1); break;
+    case Q6_K: run_rows(DecodeQ6K{}, geo, w, row_bytes, K, xp, xsum, y, M, ldy, r0, r1); break;
+  }
+}
+#endif
+
+// x: float32 [M, K]; ws: GGUF block tensors (uint8) of types `qtypes` with `ns` rows each.
+// Returns float32 [M, sum(ns)]: the products side by side, computed in one parallel pass so that
+// q/k/v (or gate/up) cost one call and share the preparation of x.
+torch::Tensor gguf_matmul_many(torch::Tensor x, std::vector<torch::Tensor> ws, std::vector<int64_t> qtypes,
+                               std::vector<int64_t> ns) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "gguf_matmul: x must be float32 [M, K]");
-  TORCH_CHECK(w.scalar_type() == torch::kUInt8 && w.is_contiguous(), "gguf_matmul: w must be contiguous uint8");
+  TORCH_CHECK(ws.size() == qtypes.size() && ws.size() == ns.size() && !ws.empty(), "gguf_matmul: mismatched lists");
   x = x.contiguous();
   const int64_t M = x.size(0), K = x.size(1);
-  const Geometry geo = geometry(qtype);
-  TORCH_CHECK(K % geo.block == 0, "gguf_matmul: K=", K, " is not a multiple of the block size ", geo.block);
-  const int64_t row_bytes = K / geo.block * geo.bytes;
-  TORCH_CHECK(w.numel() == N * row_bytes, "gguf_matmul: weight has ", w.numel(), " bytes, expected ", N * row_bytes);
-  auto xsum = x.view({M, K / 32, 32}).sum(2).contiguous();
-  auto y = torch::empty({M, N}, x.options());
-  const float* sp = xsum.data_ptr<float>();
+  TORCH_CHECK(K % 32 == 0, "gguf_matmul: K=", K, " is not a multiple of 32");
+  const size_t P = ws.size();
+  std::vector<int64_t> row_bytes(P), first(P + 1, 0);
+  std::vector<const uint8_t*> wp(P);
+  for (size_t i = 0; i < P; ++i) {
+    const Geometry geo = geometry(qtypes[i]);
+    TORCH_CHECK(ws[i].scalar_type() == torch::kUInt8 && ws[i].is_contiguous(), "gguf_matmul: weights must be contiguous uint8");
+    TORCH_CHECK(K % geo.block == 0, "gguf_matmul: K=", K, " is not a multiple of the block size ", geo.block);
+    row_bytes[i] = K / geo.block * geo.bytes;
+    TORCH_CHECK(ws[i].numel() == ns[i] * row_bytes[i], "gguf_matmul: weight ", i, " has ", ws[i].numel(),
+                " bytes, expected ", ns[i] * row_bytes[i]);
+    wp[i] = ws[i].data_ptr<uint8_t>();
+    first[i + 1] = first[i] + ns[i];
+  }
+  const int64_t total = first[P], groups = K / 32;
+  auto y = torch::empty({M, total}, x.options());
   float* yp = y.data_ptr<float>();
-  const uint8_t* wp = w.data_ptr<uint8_t>();
+  const float* xr = x.data_ptr<float>();
+  // per-group sums of x, and x in each lane order the weights need (plain loops: tiny work)
+  std::vector<float> xsum(M * groups);
+  for (int64_t i = 0; i < M * groups; ++i) {
+    float acc = 0.f;
+    for (int j = 0; j < 32; ++j) acc += xr[32 * i + j];
+    xsum[i] = acc;
+  }
 #ifdef MRS_AVX2
-  // x in the decoders' lane order, once per call
-  const auto& order = nibble_layout(qtype) ? kNibbleOrder : kByteOrder;
-  auto index = torch::empty({32}, torch::kLong);
-  for (int p = 0; p < 32; ++p) index[p] = order[p];
-  auto xp_t = x.view({M, K / 32, 32}).index_select(2, index).contiguous();
-  const float* xp = xp_t.data_ptr<float>();
-  at::parallel_for(0, N, 16, [&](int64_t r0, int64_t r1) {
-    switch (qtype) {
-      case Q4_0: run_rows(DecodeQ4{false}, geo, wp, row_bytes, K, xp, sp, yp, M, N, r0, r1); break;
-      case Q4_1: run_rows(DecodeQ4{true}, geo, wp, row_bytes, K, xp, sp, yp, M, N, r0, r1); break;
-      case Q5_0: run_rows(DecodeQ5{false}, geo, wp, row_bytes, K, xp, sp, yp, M, N, r0, r1); break;
-      case Q5_1: run_rows(DecodeQ5{true}, geo, wp, row_bytes, K, xp, sp, yp, M, N, r0, r1); break;
-      case Q8_0: run_rows(DecodeQ8{}, geo, wp, row_bytes, K, xp, sp, yp, M, N, r0, r1); break;
-      case Q4_K: run_rows(DecodeQK{false}, geo, wp, row_bytes, K, xp, sp, yp, M, N, r0, r1); break;
-      case Q5_K: run_rows(DecodeQK{true}, geo, wp, row_bytes, K, xp, sp, yp, M, N, r0, r1); break;
-      case Q6_K: run_rows(DecodeQ6K{}, geo, wp, row_bytes, K, xp, sp, yp, M, N, r0, r1); break;
+  bool need_nibble = false, need_byte = false;
+  for (auto t : qtypes) (nibble_layout(t) ? need_nibble : need_byte) = true;
+  auto permute = [&](const std::array<int, 32>& order) {
+    std::vector<float> out(M * K);
+    for (int64_t i = 0; i < M * groups; ++i)
+      for (int p = 0; p < 32; ++p) out[32 * i + p] = xr[32 * i + order[p]];
+    return out;
+  };
+  const std::vector<float> xn = need_nibble ? permute(kNibbleOrder) : std::vector<float>();
+  const std::vector<float> xb = need_byte ? permute(kByteOrder) : std::vector<float>();
+  at::parallel_for(0, total, 16, [&](int64_t r0, int64_t r1) {
+    for (size_t i = 0; i < P; ++i) {
+      const int64_t a = std::max(r0, first[i]), b = std::min(r1, first[i + 1]);
+      if (a >= b) continue;
+      const float* xp = nibble_layout(qtypes[i]) ? xn.data() : xb.data();
+      // rows of weight i write into their own columns of y: shift the output base, keep the stride
+      dispatch_rows(qtypes[i], geometry(qtypes[i]), wp[i], row_bytes[i], K, xp, xsum.data(), yp + first[i], M,
+                    total, a - first[i], b - first[i]);
     }
   });
 #else
-  const float* xptr = x.data_ptr<float>();
-  at::parallel_for(0, N, 16, [&](int64_t r0, int64_t r1) {
-    portable_rows(qtype, geo, wp, row_bytes, K, xptr, sp, yp, M, N, r0, r1);
+  at::parallel_for(0, total, 16, [&](int64_t r0, int64_t r1) {
+    for (size_t i = 0; i < P; ++i) {
+      const int64_t a = std::max(r0, first[i]), b = std::min(r1, first[i + 1]);
+      if (a < b)
+        portable_rows(qtypes[i], geometry(qtypes[i]), wp[i], row_bytes[i], K, xr, xsum.data(), yp + first[i], M, total,
+                      a - first[i], b - first[i]);
+    }
   });
 #endif
   return y;
+}
+
+torch::Tensor gguf_matmul(torch::Tensor x, torch::Tensor w, int64_t qtype, int64_t N) {
+  return gguf_matmul_many(x, {w}, {qtype}, {N});
 }
 
 // Rows of W as float32 [N, K] (prefill multiplies these with the BLAS matmul). Same arithmetic as
@@ -386,10 +431,12 @@ torch::Tensor gguf_dequantize(torch::Tensor w, int64_t qtype, int64_t N, int64_t
 
 TORCH_LIBRARY(mistralrs_kernels, m) {
   m.def("gguf_matmul(Tensor x, Tensor w, int qtype, int N) -> Tensor");
+  m.def("gguf_matmul_many(Tensor x, Tensor[] ws, int[] qtypes, int[] ns) -> Tensor");
   m.def("gguf_dequantize(Tensor w, int qtype, int N, int K) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(mistralrs_kernels, CPU, m) {
   m.impl("gguf_matmul", &gguf_matmul);
+  m.impl("gguf_matmul_many", &gguf_matmul_many);
   m.impl("gguf_dequantize", &gguf_dequantize);
 }
