@@ -88,7 +88,7 @@ class BenchConfig:
 
 @dataclass
 class Config:
-    task: str = "chat"  # chat | generate | bench | plugins
+    task: str = "serve"  # serve | chat | generate | bench | plugins
     prompt: Optional[str] = None
     system: Optional[str] = None  # system message for task=chat
     log_level: str = "WARNING"

@@ -46,8 +46,8 @@ class AsyncEngine:
                 try:
                     self.engine.step()
                 except Exception as exc:  # a failed step must not leave clients waiting forever
-                    log.exception("engine step failed")
-                    self._fail_all(exc)
+                    log.exception("engine step failed: %s", exc)
+                    self._end_all("error")
             else:
                 self._wake.wait(timeout=0.05)
                 self._wake.clear()
@@ -65,12 +65,13 @@ class AsyncEngine:
                 except Exception as exc:
                     fut.set_exception(exc)
 
-    def _fail_all(self, exc: Exception) -> None:
+    def _end_all(self, reason: str) -> None:
+        """Finish every queued and running sequence with ``reason`` (error | abort)."""
         sched = self.engine.scheduler
         for seq in [*sched.running, *sched.waiting]:
             self.engine.abort(seq)
-            seq.finish_reason = "error"
-            seq.emit(SeqEvent(seq.seq_id, seq.index, None, "", finish_reason="error"))
+            seq.finish_reason = reason
+            seq.emit(SeqEvent(seq.seq_id, seq.index, None, "", finish_reason=reason))
 
     def call(self, fn: Callable[[], T]) -> "Future[T]":
         """Run ``fn`` on the engine thread between steps."""
@@ -95,7 +96,14 @@ class AsyncEngine:
         def emit(event: SeqEvent) -> None:
             loop.call_soon_threadsafe(events.put_nowait, event)
 
-        seqs = await asyncio.wrap_future(self.call(lambda: self.engine.add_request(prompt_ids, params, emit)))
+        added = self.call(lambda: self.engine.add_request(prompt_ids, params, emit))
+        try:
+            seqs = await asyncio.wrap_future(added)
+        except asyncio.CancelledError:
+            # cancelled while the engine thread was adding it: abort whatever it added
+            added.add_done_callback(lambda f: f.exception() is None and self.call(
+                lambda: [self.engine.abort(s) for s in f.result()]))
+            raise
         remaining = len(seqs)
         try:
             while remaining:
@@ -118,7 +126,7 @@ class AsyncEngine:
             if not await asyncio.wrap_future(self.call(self.engine.has_work)):
                 break
             await asyncio.sleep(0.05)
-        await asyncio.wrap_future(self.call(lambda: self._fail_all(EngineClosed("shutdown"))))
+        await asyncio.wrap_future(self.call(lambda: self._end_all("abort")))
         self._stopped = True
         self._wake.set()
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 5.0)

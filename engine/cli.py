@@ -19,6 +19,7 @@ from .config import register_configs
 from .errors import user_facing
 
 TASKS = {
+    "serve": "mistralrs.engine.tasks.serve:run",
     "chat": "mistralrs.engine.tasks.chat:run",
     "generate": "mistralrs.engine.tasks.generate:run",
     "bench": "mistralrs.engine.tasks.bench:run",

@@ -1,0 +1,5 @@
+"""The OpenAI-compatible HTTP server (Litestar on uvicorn); ``mistralrs task=serve`` runs it."""
+
+from .app import create_app
+
+__all__ = ["create_app"]

@@ -1,0 +1,83 @@
+"""OpenAI request fields -> the engine's SamplingParams, with the server's size limits.
+
+Defaults follow OpenAI: temperature 1, top_p 1, n 1; no penalties. ``max_tokens`` absent means
+``serve.default_max_tokens`` if set, capped by the room left in the context, else that room.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from mistralrs.conf.schema import ServeConfig
+from mistralrs.engine.sampler import SamplingParams
+
+from .errors import invalid
+from .schemas import SamplingFields
+
+SEED_LIMIT = 2**63 - 1024  # torch generators take 64-bit seeds; choice i uses seed + i
+
+
+def base_params(req: SamplingFields, cfg: ServeConfig, *, max_waiting: int, logprobs: int | None = None,
+                prompt_logprobs: int | None = None) -> SamplingParams:
+    """Everything but ``max_tokens`` (which depends on each prompt's length: see :func:`for_prompt`)."""
+    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    stop = [s for s in stop if s]  # an empty stop string would match everywhere; ignore it as vLLM does
+    if len(stop) > cfg.max_stop:
+        raise invalid(f"at most {cfg.max_stop} stop sequences are allowed, got {len(stop)}", "stop")
+    if any(len(s) > cfg.max_stop_chars for s in stop):
+        raise invalid(f"stop sequences must be at most {cfg.max_stop_chars} characters long", "stop")
+    stop_ids = list(req.stop_token_ids or [])
+    if len(stop_ids) > cfg.max_stop:
+        raise invalid(f"at most {cfg.max_stop} stop_token_ids are allowed", "stop_token_ids")
+    bias = req.logit_bias or {}
+    if len(bias) > cfg.max_logit_bias:
+        raise invalid(f"logit_bias may have at most {cfg.max_logit_bias} entries, got {len(bias)}", "logit_bias")
+    try:
+        logit_bias = {int(k): float(v) for k, v in bias.items()}
+    except ValueError:
+        raise invalid("logit_bias keys must be token ids (integers written as strings)", "logit_bias") from None
+    n = 1 if req.n is None else req.n
+    if n > max_waiting:
+        raise invalid(f"n={n} exceeds the server's queue capacity ({max_waiting}, engine.max_waiting)", "n")
+    if req.seed is not None and not -SEED_LIMIT <= req.seed <= SEED_LIMIT:
+        raise invalid(f"seed must be in [{-SEED_LIMIT}, {SEED_LIMIT}]", "seed")
+    return SamplingParams(
+        max_tokens=1,  # placeholder, see for_prompt
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_k=0 if req.top_k in (None, -1) else req.top_k,  # vLLM's -1 also means off
+        top_p=1.0 if req.top_p is None else req.top_p,
+        min_p=req.min_p or 0.0,
+        seed=req.seed,
+        ignore_eos=bool(req.ignore_eos),
+        stop=stop,
+        stop_token_ids=stop_ids,
+        n=n,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
+        logit_bias=logit_bias,
+        logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
+    )
+
+
+def for_prompt(base: SamplingParams, prompt_len: int, requested: int | None, *, max_seq_len: int,
+               default_max_tokens: int | None, max_tokens_param: str, prompt_param: str) -> SamplingParams:
+    """``base`` with the max_tokens this prompt gets; a context overflow is a 400 in OpenAI's words."""
+    room = max_seq_len - prompt_len
+    if requested is None:
+        if room < 1:
+            raise invalid(f"this model's maximum context length is {max_seq_len} tokens, but the prompt has "
+                          f"{prompt_len} tokens, leaving no room for a completion", prompt_param,
+                          "context_length_exceeded")
+        max_tokens = room if default_max_tokens is None else min(room, default_max_tokens)
+    else:
+        if requested < 1:
+            raise invalid(f"{max_tokens_param} must be >= 1, got {requested}", max_tokens_param)
+        if prompt_len + requested > max_seq_len:
+            raise invalid(f"this model's maximum context length is {max_seq_len} tokens; you requested "
+                          f"{prompt_len + requested} tokens ({prompt_len} in the prompt, {requested} for the "
+                          f"completion). Please shorten the prompt or reduce {max_tokens_param}.",
+                          prompt_param, "context_length_exceeded")
+        max_tokens = requested
+    return dataclasses.replace(base, max_tokens=max_tokens)

@@ -1,0 +1,110 @@
+"""``POST /v1/chat/completions``: the model's chat template, streamed (SSE) or not."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import AsyncIterator
+
+from litestar import Request, Response, post
+
+from mistralrs.engine.sequence import SeqEvent
+
+from .auth import require_api_key
+from .errors import APIError, engine_errors, error_json, invalid
+from .logprobs import LogprobFormatter
+from .output import GENERATION_FAILED, collect, json_response, usage
+from .params import base_params, for_prompt
+from .schemas import ChatCompletionRequest, decode_body
+from .state import ServerState, new_id, server_of
+from .streaming import SSE_DONE, merge, sse, sse_response, start_all, until_disconnect
+
+
+@post("/v1/chat/completions", guards=[require_api_key], status_code=200)
+async def chat_completions(request: Request) -> Response:
+    server = server_of(request)
+    cfg = server.cfg
+    req = decode_body(await request.body(), ChatCompletionRequest)
+    server.check_model(req.model)
+    if not req.messages:
+        raise invalid("messages must be a non-empty list", "messages")
+    if len(req.messages) > cfg.max_messages:
+        raise invalid(f"at most {cfg.max_messages} messages are allowed, got {len(req.messages)}", "messages")
+    if req.top_logprobs is not None and not req.logprobs:
+        raise invalid("top_logprobs requires logprobs to be true", "top_logprobs")
+    logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    if req.max_completion_tokens is not None:
+        max_tokens, max_param = req.max_completion_tokens, "max_completion_tokens"
+    else:
+        max_tokens, max_param = req.max_tokens, "max_tokens"
+
+    with engine_errors("messages", {"logprobs": "top_logprobs", "max_tokens": max_param}, cfg.retry_after_seconds):
+        base = base_params(req, cfg, max_waiting=server.max_waiting, logprobs=logprobs)
+        base.validate(server.vocab_size)
+        prompt_ids = await asyncio.to_thread(server.llm.chat_prompt_ids, req.messages)
+        params = for_prompt(base, len(prompt_ids), max_tokens, max_seq_len=server.max_seq_len,
+                            default_max_tokens=cfg.default_max_tokens, max_tokens_param=max_param,
+                            prompt_param="messages")
+        gens = [server.engine.generate(prompt_ids, params)]
+        firsts = await until_disconnect(request, start_all(gens))
+
+    reply = ChatReply(server, logprobs is not None, len(prompt_ids), bool(req.return_tokens_as_token_ids))
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return sse_response(reply.stream(merge(gens, firsts), include_usage))
+    choices = await until_disconnect(request, collect(merge(gens, firsts), params.n))
+    return json_response({
+        "id": reply.id, "object": "chat.completion", "created": reply.created, "model": server.model_name,
+        "choices": [{"index": c.index, "message": {"role": "assistant", "content": c.text},
+                     "logprobs": reply.fmt.chat(c.logprobs) if reply.want_logprobs else None,
+                     "finish_reason": c.finish_reason} for c in choices],
+        "usage": usage(len(prompt_ids), sum(c.tokens for c in choices)),
+    })
+
+
+class ChatReply:
+    def __init__(self, server: ServerState, want_logprobs: bool, prompt_tokens: int, as_ids: bool = False):
+        self.id = new_id("chatcmpl")
+        self.created = int(time.time())
+        self.model = server.model_name
+        self.fmt = LogprobFormatter(server.tokenizer, as_ids)
+        self.want_logprobs = want_logprobs
+        self.prompt_tokens = prompt_tokens
+
+    def chunk(self, choices: list[dict], include_usage: bool) -> dict:
+        out = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+               "choices": choices}
+        if include_usage:
+            out["usage"] = None
+        return out
+
+    async def stream(self, events: AsyncIterator[tuple[int, SeqEvent]], include_usage: bool) -> AsyncIterator[bytes]:
+        started: set[int] = set()
+        completion_tokens = 0
+        try:
+            async for _, ev in events:
+                i = ev.index
+                if i not in started:
+                    started.add(i)
+                    yield sse(self.chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
+                                           "logprobs": None, "finish_reason": None}], include_usage))
+                if ev.finish_reason == "error":
+                    yield sse(error_json(APIError(500, GENERATION_FAILED, code="engine_error")))
+                    break
+                if ev.token is not None:
+                    completion_tokens += 1
+                lp = self.fmt.chat([ev.logprob]) if self.want_logprobs and ev.logprob is not None else None
+                if ev.text or lp is not None:
+                    yield sse(self.chunk([{"index": i, "delta": {"content": ev.text}, "logprobs": lp,
+                                           "finish_reason": None}], include_usage))
+                if ev.finish_reason:
+                    yield sse(self.chunk([{"index": i, "delta": {}, "logprobs": None,
+                                           "finish_reason": ev.finish_reason}], include_usage))
+            else:
+                if include_usage:
+                    final = self.chunk([], False)
+                    final["usage"] = usage(self.prompt_tokens, completion_tokens)
+                    yield sse(final)
+            yield SSE_DONE
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]

@@ -1,0 +1,40 @@
+"""``GET /v1/models``, ``GET /v1/models/{model}``, ``GET /health`` and ``GET /metrics``."""
+
+from __future__ import annotations
+
+from litestar import Request, Response, get
+
+from .auth import require_api_key
+from .metrics import render
+from .output import json_response
+from .state import ServerState, server_of
+
+
+def _model_card(server: ServerState) -> dict:
+    return {"id": server.model_name, "object": "model", "created": server.started, "owned_by": "mistralrs",
+            "max_model_len": server.max_seq_len}
+
+
+@get("/v1/models", guards=[require_api_key])
+async def list_models(request: Request) -> Response:
+    return json_response({"object": "list", "data": [_model_card(server_of(request))]})
+
+
+@get("/v1/models/{model:str}", guards=[require_api_key])
+async def retrieve_model(request: Request) -> Response:
+    server = server_of(request)
+    server.check_model(request.path_params["model"])
+    return json_response(_model_card(server))
+
+
+@get("/health")
+async def health() -> Response:
+    return json_response({"status": "ok"})
+
+
+@get("/metrics")
+async def metrics(request: Request) -> Response:
+    server = server_of(request)
+    stats = await server.engine.stats()
+    return Response(render(server.metrics, stats, server.model_name),
+                    media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,47 @@
+"""``POST /tokenize`` and ``POST /detokenize`` in vLLM's shapes.
+
+``{"model", "prompt", "add_special_tokens": true}`` -> ``{"tokens", "count", "max_model_len"}``
+(``messages`` instead of ``prompt`` tokenizes a chat as /v1/chat/completions would);
+``{"model", "tokens"}`` -> ``{"prompt"}``. Text is tokenized as /v1/completions does: BOS as the model
+wants it (with ``add_special_tokens``), special-token text parsed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from litestar import Request, Response, post
+
+from .auth import require_api_key
+from .errors import engine_errors, invalid
+from .output import json_response
+from .schemas import DetokenizeRequest, TokenizeRequest, decode_body
+from .state import server_of
+
+
+@post("/tokenize", guards=[require_api_key], status_code=200)
+async def tokenize(request: Request) -> Response:
+    server = server_of(request)
+    req = decode_body(await request.body(), TokenizeRequest)
+    server.check_model(req.model)
+    if (req.prompt is None) == (req.messages is None):
+        raise invalid("give exactly one of prompt (text) or messages (a chat)", "prompt")
+    tok = server.tokenizer
+    if req.messages is not None:
+        if len(req.messages) > server.cfg.max_messages:
+            raise invalid(f"at most {server.cfg.max_messages} messages are allowed", "messages")
+        with engine_errors("messages"):
+            ids = await asyncio.to_thread(server.llm.chat_prompt_ids, req.messages)
+    else:
+        ids = await asyncio.to_thread(tok.encode, req.prompt, add_special=req.add_special_tokens, parse_special=True)
+    return json_response({"tokens": ids, "count": len(ids), "max_model_len": server.max_seq_len})
+
+
+@post("/detokenize", guards=[require_api_key], status_code=200)
+async def detokenize(request: Request) -> Response:
+    server = server_of(request)
+    req = decode_body(await request.body(), DetokenizeRequest)
+    server.check_model(req.model)
+    if not all(0 <= t < server.vocab_size for t in req.tokens):
+        raise invalid(f"token ids must be in [0, {server.vocab_size})", "tokens")
+    return json_response({"prompt": server.tokenizer.decode(req.tokens)})

@@ -1,0 +1,93 @@
+"""Request bodies as msgspec Structs. Unknown fields are ignored (OpenAI clients send many); a field of
+the wrong type is a 400 naming it.
+
+Types msgspec cannot express as one union (``prompt``: a string, strings, token ids or lists of token
+ids) stay ``Any`` here and are checked by the route.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, TypeVar
+
+import msgspec
+from msgspec import Struct
+
+from .errors import invalid
+
+T = TypeVar("T")
+
+
+class StreamOptions(Struct, kw_only=True):
+    include_usage: bool = False
+
+
+class SamplingFields(Struct, kw_only=True):
+    """What chat and completions requests share: the model, sampling and streaming."""
+
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    # vLLM-style extras
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    ignore_eos: bool | None = None
+    stop_token_ids: list[int] | None = None
+    return_tokens_as_token_ids: bool | None = None  # logprobs name tokens "token_id:<id>"
+
+
+class ChatCompletionRequest(SamplingFields, kw_only=True):
+    messages: list[dict[str, Any]]
+    max_completion_tokens: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+
+
+class CompletionRequest(SamplingFields, kw_only=True):
+    prompt: Any
+    echo: bool | None = False
+    logprobs: int | None = None
+    suffix: str | None = None
+    best_of: int | None = None
+
+
+class TokenizeRequest(Struct, kw_only=True):
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None  # tokenize a chat as the chat endpoint would
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+
+
+class DetokenizeRequest(Struct, kw_only=True):
+    model: str | None = None
+    tokens: list[int]
+
+
+_AT = re.compile(r"at `\$\.([A-Za-z_][A-Za-z0-9_]*)")
+_MISSING = re.compile(r"missing required field `([A-Za-z_][A-Za-z0-9_]*)`")
+
+
+def decode_body(body: bytes, type_: type[T]) -> T:
+    """The request body as ``type_``; 400 for bad JSON, 400 naming the field for a wrong type."""
+    if not body.strip():
+        raise invalid("the request body is empty; expected a JSON object")
+    try:
+        return msgspec.json.decode(body, type=type_)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        found = _AT.search(text) or _MISSING.search(text)
+        raise invalid(f"invalid request: {text}", found.group(1) if found else None) from None
+    except msgspec.DecodeError as exc:
+        raise invalid(f"the request body is not valid JSON: {exc}") from None

@@ -1,0 +1,69 @@
+"""The real SmolLM2-135M-Instruct Q4_1 behind the server, started the way a user would (``mistralrs``:
+the default task and model), checked against llama.cpp's tokenizer and the float32 reference."""
+
+from __future__ import annotations
+
+import signal
+
+import httpx
+import pytest
+
+from conftest import load_reference
+from server_helpers import ServerProcess
+
+STEM = "smollm2-135m-instruct-q4_1"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_gguf, tmp_path_factory):
+    # no task= and no model=: `mistralrs` serves the default model (resolved from the local cache)
+    proc = ServerProcess("model.dtype=float32", "model.device=cpu", cwd=tmp_path_factory.mktemp("cwd"))
+    yield proc
+    assert proc.stop(signal.SIGTERM) == 0, proc.stderr
+
+
+def test_default_invocation_serves_smollm2(server):
+    assert server.model == "smollm2"
+    assert [m.id for m in server.client().models.list().data] == ["smollm2"]
+
+
+def test_tokenize_equals_llama_cpp(server):
+    meta, _ = load_reference(STEM, "llamacpp")
+    for case in meta["tokenize"]:
+        got = httpx.post(server.url + "/tokenize", json={"model": "smollm2", "prompt": case["text"]}).json()
+        # special-token text is parsed, as vLLM's /tokenize does; SmolLM2 adds no BOS, so this is
+        # llama.cpp's `ids_special`, which equals `ids` for every text without special tokens
+        assert got["tokens"] == case["ids_special"], case["text"]
+        if "<|" not in case["text"]:
+            assert got["tokens"] == case["ids"], case["text"]
+        assert got["count"] == len(case["ids_special"])
+        back = httpx.post(server.url + "/detokenize", json={"tokens": got["tokens"]}).json()["prompt"]
+        assert back == case["text"]
+
+
+def test_greedy_completions_equal_float_reference(server):
+    meta, _ = load_reference(STEM, "transformers")
+    client = server.client()
+    extra = {"ignore_eos": True, "return_tokens_as_token_ids": True}
+
+    def ids(choice) -> list[int]:
+        return [int(t.removeprefix("token_id:")) for t in choice.logprobs.tokens]
+
+    for prompt in meta["prompts"]:
+        r = client.completions.create(model="smollm2", prompt=prompt["ids"], max_tokens=32, temperature=0,
+                                      logprobs=0, extra_body=extra)
+        assert ids(r.choices[0]) == prompt["greedy_ids"], f"prompt {prompt['index']}"
+        assert r.usage.completion_tokens == 32 and r.usage.prompt_tokens == len(prompt["ids"])
+    # all prompts in one request: batched in the engine, still the same tokens
+    r = client.completions.create(model="smollm2", prompt=[p["ids"] for p in meta["prompts"]], max_tokens=32,
+                                  temperature=0, logprobs=0, extra_body=extra)
+    assert [ids(c) for c in r.choices] == [p["greedy_ids"] for p in meta["prompts"]]
+
+
+def test_chat_answers(server):
+    r = server.client().chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=24, temperature=0)
+    assert "Paris" in r.choices[0].message.content
+    assert r.choices[0].finish_reason == "stop"  # the model ends its turn with <|im_end|>
