@@ -80,10 +80,14 @@ class ServeConfig:
 @dataclass
 class BenchConfig:
     prompt_tokens: int = 512
-    decode_tokens: int = 128
+    decode_tokens: int = 256
     repeats: int = 3
     warmup: int = 1
     output: Optional[str] = None  # JSONL file to append a result row to (multirun: the sweep dir)
+    # peer engines run on the same GGUF file, prompt and thread count: "llama.cpp", "mistral.rs"
+    peers: list[str] = field(default_factory=list)
+    llama_cpp_python: Optional[str] = None  # a Python with llama-cpp-python (default: this one)
+    mistralrs_rs_python: Optional[str] = None  # a Python whose `mistralrs` is mistral.rs's wheel
 
 
 @dataclass

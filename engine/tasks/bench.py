@@ -55,6 +55,7 @@ def run(cfg: DictConfig) -> dict:
     results = [time_one(llm, bench_prompt(llm.tokenizer, int(b.prompt_tokens), run=r), int(b.decode_tokens))
                for r in range(int(b.repeats))]
     row = {
+        "engine": "mistralrs-py",
         "model": cfg.model.name,
         "source": str(cfg.model.source),
         "architecture": llm.loaded.architecture,
@@ -77,12 +78,44 @@ def run(cfg: DictConfig) -> dict:
           f"prompt {row['prefill_tok_s']} tok/s ({row['prompt_tokens']} tokens), "
           f"decode {row['decode_tok_s']} tok/s ({row['decode_tokens']} tokens), "
           f"load {row['load_s']} s, peak RSS {row['peak_rss_mb']} MB  [median of {row['repeats']}]")
+    rows = [row] + run_peers(cfg, llm, prompt, row)
     out = _output_path(b.output)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
     return row
+
+
+def run_peers(cfg: DictConfig, llm, prompt: list[int], ours: dict) -> list[dict]:
+    """The configured peer engines on the same file, prompt and threads; prints ratios."""
+    from mistralrs.engine.bench.peers import PeerError, PeerJob, run_peer
+
+    b = cfg.bench
+    if not b.peers:
+        return []
+    if llm.loaded.checkpoint.format != "gguf":
+        print("peers skipped: they run GGUF files and this model is not one")
+        return []
+    job = PeerJob(model=str(llm.loaded.checkpoint.path), prompt_ids=prompt,
+                  prompt_text=llm.tokenizer.decode(prompt, skip_special=True),
+                  run_prefix_ids=[llm.tokenizer.encode(f"Run {r}.", add_special=False)[0] for r in range(int(b.repeats))],
+                  decode_tokens=int(b.decode_tokens), threads=torch.get_num_threads(), repeats=int(b.repeats))
+    pythons = {"llama.cpp": b.llama_cpp_python, "mistral.rs": b.mistralrs_rs_python}
+    rows = []
+    for name in b.peers:
+        try:
+            result = run_peer(name, pythons.get(name), job)
+        except PeerError as exc:
+            print(f"{name}: not measured ({exc})")
+            continue
+        peer_row = {**ours, **result, "engine": name}
+        rows.append(peer_row)
+        print(f"{name:>12}: prompt {result['prefill_tok_s']} tok/s, decode {result['decode_tok_s']} tok/s  ->  ours is "
+              f"{ours['prefill_tok_s'] / result['prefill_tok_s']:.2f}x prefill, "
+              f"{ours['decode_tok_s'] / result['decode_tok_s']:.2f}x decode")
+    return rows
 
 
 def _output_path(configured: str | None) -> Path | None:

@@ -1,0 +1,1 @@
+"""Benchmark helpers: running peer engines (llama.cpp, mistral.rs) beside ours, and reports."""
