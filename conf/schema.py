@@ -91,8 +91,14 @@ class BenchConfig:
 
 
 @dataclass
+class ReportConfig:
+    input: Optional[str] = None  # bench JSONL file(s) or sweep directories, comma-separated
+    output: str = "bench-report"  # writes <output>.md and <output>.png
+
+
+@dataclass
 class Config:
-    task: str = "serve"  # serve | chat | generate | bench | plugins
+    task: str = "serve"  # serve | chat | generate | bench | report | plugins
     prompt: Optional[str] = None
     system: Optional[str] = None  # system message for task=chat
     log_level: str = "WARNING"
@@ -102,6 +108,7 @@ class Config:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 def register_schema(config_store: Any) -> None:

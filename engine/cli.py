@@ -23,6 +23,7 @@ TASKS = {
     "chat": "mistralrs.engine.tasks.chat:run",
     "generate": "mistralrs.engine.tasks.generate:run",
     "bench": "mistralrs.engine.tasks.bench:run",
+    "report": "mistralrs.engine.tasks.report:run",
     "plugins": "mistralrs.engine.tasks.plugins:run",
 }
 
