@@ -27,6 +27,9 @@ class ModelConfig:
     max_seq_len: Optional[int] = None  # cap the context; default min(model's, 4096)
     tokenizer: Optional[str] = None  # a tokenizer.json overriding the model's own
     chat_template: Optional[str] = None  # a Jinja file (or inline template) overriding the model's
+    # attention window of sliding-window families (mistral, mixtral, gemma3's local layers); needed for
+    # Mistral GGUF files, which record none (without it they run full attention, as in llama.cpp)
+    sliding_window: Optional[int] = None
     revision: Optional[str] = None  # for hub ids
 
 

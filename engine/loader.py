@@ -113,6 +113,10 @@ def load_model(cfg: ModelConfig, regs: Registries | None = None) -> LoadedModel:
         spec = regs.architecture_for(gguf=hint.gguf, hf=hint.hf)
     family = spec.load()
     model_cfg = family.config(ckpt)
+    configure = getattr(family, "configure", None)  # user options the file does not decide (model.sliding_window)
+    if configure is not None:
+        model_cfg = configure(model_cfg, cfg)
+    arch_name = family.owner(model_cfg).name if hasattr(family, "owner") else spec.name
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
 
@@ -131,5 +135,5 @@ def load_model(cfg: ModelConfig, regs: Registries | None = None) -> LoadedModel:
         template = Path(cfg.chat_template)
         tokenizer.chat_template = template.read_text() if template.is_file() else cfg.chat_template
     seconds = time.perf_counter() - start
-    log.info("loaded %s (%s, %s) on %s as %s in %.2fs", path.name, spec.name, ckpt.format, device, dtype, seconds)
-    return LoadedModel(model, tokenizer, ckpt, family, model_cfg, device, dtype, max_seq_len, spec.name, seconds)
+    log.info("loaded %s (%s, %s) on %s as %s in %.2fs", path.name, arch_name, ckpt.format, device, dtype, seconds)
+    return LoadedModel(model, tokenizer, ckpt, family, model_cfg, device, dtype, max_seq_len, arch_name, seconds)

@@ -30,19 +30,10 @@ def write_byte_tokenizer(path: Path, chat_template: str | None = None) -> None:
     (path / "tokenizer_config.json").write_text(json.dumps(config))
 
 
-def make_tiny_llama(path: Path, seed: int = 0, **overrides) -> "torch.nn.Module":
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    settings = dict(
-        vocab_size=BYTE_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
-        bos_token_id=1, eos_token_id=2,
-    )
-    settings.update(overrides)
+def _make_tiny(path: Path, config_cls, model_cls, settings: dict, seed: int) -> "torch.nn.Module":
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(**settings, attn_implementation="eager")).eval()
-    with torch.no_grad():  # random init leaves norms at 1; perturb them so a missed norm shows
+    model = model_cls(config_cls(**settings, attn_implementation="eager")).eval()
+    with torch.no_grad():  # random init leaves norms at 1 (Gemma: 0); perturb them so a missed norm shows
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.add_(torch.randn_like(p) * 0.1)
@@ -52,6 +43,98 @@ def make_tiny_llama(path: Path, seed: int = 0, **overrides) -> "torch.nn.Module"
     return model
 
 
+def _llama_like(**overrides) -> dict:
+    settings = dict(
+        vocab_size=BYTE_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
+        bos_token_id=1, eos_token_id=2,
+    )
+    settings.update(overrides)
+    return settings
+
+
+def make_tiny_llama(path: Path, seed: int = 0, **overrides) -> "torch.nn.Module":
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return _make_tiny(path, LlamaConfig, LlamaForCausalLM, _llama_like(**overrides), seed)
+
+
+def make_tiny_mistral(path: Path, seed: int = 1, **overrides) -> "torch.nn.Module":
+    """Sliding window 8, smaller than the 24-token test prompts."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    return _make_tiny(path, MistralConfig, MistralForCausalLM, _llama_like(**{"sliding_window": 8, **overrides}), seed)
+
+
+def make_tiny_mixtral(path: Path, seed: int = 2, **overrides) -> "torch.nn.Module":
+    """4 experts, top-2."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    settings = _llama_like(**{"intermediate_size": 64, "num_local_experts": 4, "num_experts_per_tok": 2,
+                              "sliding_window": None, "router_jitter_noise": 0.0, **overrides})
+    return _make_tiny(path, MixtralConfig, MixtralForCausalLM, settings, seed)
+
+
+def make_tiny_gemma(path: Path, seed: int = 3, **overrides) -> "torch.nn.Module":
+    """head_dim 24, independent of hidden 64 / 4 heads; tied embeddings; weights initialized large
+    enough (std 0.3) that greedy decoding does not just repeat the last token."""
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    settings = _llama_like(head_dim=24, hidden_act="gelu_pytorch_tanh", tie_word_embeddings=True, rms_norm_eps=1e-6,
+                           pad_token_id=0, initializer_range=0.3)
+    settings.update(overrides)
+    return _make_tiny(path, GemmaConfig, GemmaForCausalLM, settings, seed)
+
+
+def make_tiny_gemma3(path: Path, seed: int = 4, **overrides) -> "torch.nn.Module":
+    """6 layers (five local with window 8, then one global), head_dim 32 != hidden / heads, queries
+    scaled by 1/sqrt(24), logits soft-capped at 1.0 so the cap shows."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    settings = dict(
+        vocab_size=BYTE_VOCAB, hidden_size=64, intermediate_size=64, num_hidden_layers=6,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=256,
+        rms_norm_eps=1e-6, sliding_window=8, query_pre_attn_scalar=24, final_logit_softcapping=1.0,
+        hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True,
+        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}},
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    settings.update(overrides)
+    return _make_tiny(path, Gemma3TextConfig, Gemma3ForCausalLM, settings, seed)
+
+
+TINY_MAKERS = {
+    "llama": make_tiny_llama,
+    "mistral": make_tiny_mistral,
+    "mixtral": make_tiny_mixtral,
+    "gemma": make_tiny_gemma,
+    "gemma3": make_tiny_gemma3,
+}
+
+
 def reference_logits(model, ids: list[list[int]]) -> torch.Tensor:
     with torch.no_grad():
         return model(torch.tensor(ids)).logits.float()
+
+
+def reference_greedy(model, ids: list[list[int]], steps: int) -> tuple[list[list[int]], torch.Tensor]:
+    """Greedy continuation of equal-length prompts with HF's KV cache: (tokens [B][steps], the
+    chosen tokens' log-probabilities [B, steps])."""
+    with torch.no_grad():
+        out = model.generate(torch.tensor(ids), max_new_tokens=steps, do_sample=False, eos_token_id=None,
+                             pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+    tokens = out.sequences[:, len(ids[0]):]
+    logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1)  # [B, steps, vocab]
+    return tokens.tolist(), logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def engine_greedy(llm, prompts: list[list[int]], steps: int = 8) -> tuple[list[list[int]], torch.Tensor]:
+    """The same through the engine (paged KV cache, all prompts batched): (tokens, log-probabilities)."""
+    tokens: list[list[int]] = [[] for _ in prompts]
+    logprobs: list[list[float]] = [[] for _ in prompts]
+    for i, e in llm.run(prompts, max_tokens=steps, temperature=0.0, ignore_eos=True, logprobs=0):
+        tokens[i].append(e.token)
+        logprobs[i].append(e.logprob.logprob)
+    return tokens, torch.tensor(logprobs)

@@ -25,9 +25,14 @@ def cached_attention(
     out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
     for seg, mask in zip(batch.segments, batch.masks(window)):
         qs = q[seg.q_slice].transpose(0, 1).unsqueeze(0)  # [1, H, q_len, D]
-        ks = k_cache[seg.kv_slots].transpose(0, 1).unsqueeze(0)  # [1, Hkv, ctx, D]
-        vs = v_cache[seg.kv_slots].transpose(0, 1).unsqueeze(0)
+        ks = _rows(k_cache, seg.kv_slots).transpose(0, 1).unsqueeze(0)  # [1, Hkv, ctx, D]
+        vs = _rows(v_cache, seg.kv_slots).transpose(0, 1).unsqueeze(0)
         causal = mask is None and seg.q_len > 1
         o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=True)
         out[seg.q_slice] = o.squeeze(0).transpose(0, 1)
     return out
+
+
+def _rows(cache: torch.Tensor, slots: torch.Tensor | slice) -> torch.Tensor:
+    # index_select: advanced indexing takes a much slower general path here
+    return cache[slots] if isinstance(slots, slice) else cache.index_select(0, slots)

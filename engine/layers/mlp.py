@@ -14,6 +14,22 @@ ACTIVATIONS = {
     "gelu": F.gelu,
 }
 
+# HF config.json `hidden_act` / `hidden_activation` -> ACTIVATIONS name
+HF_ACTIVATIONS = {
+    "silu": "silu",
+    "swish": "silu",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_new": "gelu_tanh",
+    "gelu": "gelu",
+}
+
+
+def hf_activation(name: str) -> str:
+    try:
+        return HF_ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unsupported activation {name!r} (supported: {', '.join(HF_ACTIVATIONS)})") from None
+
 
 class GatedMLP(nn.Module):
     """down(act(gate(x)) * up(x))."""

@@ -1,10 +1,15 @@
-"""Llama hyper-parameters from GGUF metadata or an HF config.json."""
+"""Llama hyper-parameters from GGUF metadata or an HF config.json.
+
+The other Llama-shaped families (Mistral, Mixtral, Gemma) subclass :class:`LlamaConfig` and build on
+``llama_fields_from_gguf`` / ``llama_fields_from_hf``, adding only what their architecture adds.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
+from mistralrs.engine.layers.mlp import hf_activation
 from mistralrs.engine.layers.rope import RopeConfig
 
 
@@ -14,6 +19,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class LlamaConfig:
+    architecture: ClassVar[str] = "llama"  # the registered family that runs this config
+
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -27,6 +34,8 @@ class LlamaConfig:
     tie_word_embeddings: bool = False
     attention_bias: bool = False
     mlp_bias: bool = False
+    hidden_act: str = "silu"  # engine activation name (engine.layers.mlp.ACTIVATIONS)
+    norm_offset: float = 0.0  # RMSNorm scales by (offset + weight); Gemma's HF checkpoints store weight - 1
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "LlamaConfig":
@@ -39,45 +48,62 @@ class LlamaConfig:
         return self
 
 
-def _need(meta: dict[str, Any], key: str) -> Any:
+def need(meta: dict[str, Any], key: str) -> Any:
     if key not in meta:
         raise ConfigError(f"GGUF metadata lacks {key!r}")
     return meta[key]
 
 
-def config_from_gguf(meta: dict[str, Any], arch: str = "llama") -> LlamaConfig:
+
+def gguf_rope(meta: dict[str, Any], arch: str, head_dim: int, theta_key: str = "rope.freq_base",
+              default_theta: float = 10000.0) -> RopeConfig:
     p = f"{arch}."
-    hidden = int(_need(meta, p + "embedding_length"))
-    heads = int(_need(meta, p + "attention.head_count"))
-    kv_heads = meta.get(p + "attention.head_count_kv", heads)
-    head_dim = int(meta.get(p + "attention.key_length", hidden // heads))
-    vocab = meta.get(p + "vocab_size") or len(meta.get("tokenizer.ggml.tokens") or [])
     scaling_type = meta.get(p + "rope.scaling.type", "none")
-    rope = RopeConfig(
+    if scaling_type not in ("none", "linear"):
+        raise ConfigError(f"unsupported rope scaling type {scaling_type!r} in GGUF metadata")
+    return RopeConfig(
         dim=int(meta.get(p + "rope.dimension_count", head_dim)),
-        theta=float(meta.get(p + "rope.freq_base", 10000.0)),
+        theta=float(meta.get(p + theta_key, default_theta)),
         scaling="linear" if scaling_type == "linear" else "none",
         factor=float(meta.get(p + "rope.scaling.factor", 1.0) or 1.0),
     )
-    if scaling_type not in ("none", "linear"):
-        raise ConfigError(f"unsupported rope scaling type {scaling_type!r} in GGUF metadata")
-    return LlamaConfig(
+
+
+def llama_fields_from_gguf(meta: dict[str, Any], arch: str = "llama") -> dict[str, Any]:
+    p = f"{arch}."
+    hidden = int(need(meta, p + "embedding_length"))
+    heads = int(need(meta, p + "attention.head_count"))
+    kv_heads = meta.get(p + "attention.head_count_kv", heads)
+    head_dim = int(meta.get(p + "attention.key_length", hidden // heads))
+    vocab = meta.get(p + "vocab_size") or len(meta.get("tokenizer.ggml.tokens") or [])
+    return dict(
         vocab_size=int(vocab),
         hidden_size=hidden,
-        intermediate_size=int(_need(meta, p + "feed_forward_length")),
-        num_layers=int(_need(meta, p + "block_count")),
+        intermediate_size=int(need(meta, p + "feed_forward_length")),
+        num_layers=int(need(meta, p + "block_count")),
         num_heads=heads,
         num_kv_heads=int(kv_heads),
         head_dim=head_dim,
         rms_norm_eps=float(meta.get(p + "attention.layer_norm_rms_epsilon", 1e-5)),
-        rope=rope,
+        rope=gguf_rope(meta, arch, head_dim),
         max_position_embeddings=int(meta.get(p + "context_length", 4096)),
-    ).validate()
+    )
 
 
-def hf_rope(cfg: dict[str, Any], head_dim: int) -> RopeConfig:
-    """transformers < 5 keeps rope_theta / rope_scaling at the top level; 5 nests them in rope_parameters."""
-    params = dict(cfg.get("rope_parameters") or {})
+def config_from_gguf(meta: dict[str, Any], arch: str = "llama") -> LlamaConfig:
+    return LlamaConfig(**llama_fields_from_gguf(meta, arch)).validate()
+
+
+def gguf_expert_count(meta: dict[str, Any], arch: str) -> int:
+    """llama.cpp's converter writes Mixtral as architecture ``llama`` with ``llama.expert_count``."""
+    return int(meta.get(f"{arch}.expert_count") or 0)
+
+
+def hf_rope(cfg: dict[str, Any], head_dim: int, params: dict[str, Any] | None = None) -> RopeConfig:
+    """transformers < 5 keeps rope_theta / rope_scaling at the top level; 5 nests them in rope_parameters.
+    ``params`` picks one entry of a per-layer-type ``rope_parameters`` (Gemma 3)."""
+    if params is None:
+        params = dict(cfg.get("rope_parameters") or {})
     scaling = dict(cfg.get("rope_scaling") or {})
     merged = {**scaling, **params}
     theta = merged.get("rope_theta", cfg.get("rope_theta", 10000.0))
@@ -95,29 +121,40 @@ def hf_rope(cfg: dict[str, Any], head_dim: int) -> RopeConfig:
     )
 
 
-def config_from_hf(cfg: dict[str, Any]) -> LlamaConfig:
+def llama_fields_from_hf(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The Llama hyper-parameters of an HF config.json (KeyError when a required one is absent)."""
+    hidden = int(cfg["hidden_size"])
+    heads = int(cfg["num_attention_heads"])
+    head_dim = int(cfg.get("head_dim") or hidden // heads)
+    return dict(
+        vocab_size=int(cfg["vocab_size"]),
+        hidden_size=hidden,
+        intermediate_size=int(cfg["intermediate_size"]),
+        num_layers=int(cfg["num_hidden_layers"]),
+        num_heads=heads,
+        num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
+        head_dim=head_dim,
+        rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        rope=hf_rope(cfg, head_dim),
+        max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        attention_bias=bool(cfg.get("attention_bias", False)),
+        mlp_bias=bool(cfg.get("mlp_bias", False)),
+        hidden_act=hf_activation(cfg.get("hidden_act") or cfg.get("hidden_activation") or "silu"),
+    )
+
+
+def parse_hf(build, cfg: dict[str, Any]):
+    """Run ``build(cfg)``, turning a missing key or a bad value into a ConfigError that names it."""
     try:
-        hidden = int(cfg["hidden_size"])
-        heads = int(cfg["num_attention_heads"])
-        head_dim = int(cfg.get("head_dim") or hidden // heads)
-        return LlamaConfig(
-            vocab_size=int(cfg["vocab_size"]),
-            hidden_size=hidden,
-            intermediate_size=int(cfg["intermediate_size"]),
-            num_layers=int(cfg["num_hidden_layers"]),
-            num_heads=heads,
-            num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
-            head_dim=head_dim,
-            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-            rope=hf_rope(cfg, head_dim),
-            max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            attention_bias=bool(cfg.get("attention_bias", False)),
-            mlp_bias=bool(cfg.get("mlp_bias", False)),
-        ).validate()
+        return build(cfg).validate()
     except KeyError as exc:
         raise ConfigError(f"config.json lacks {exc.args[0]!r}") from None
     except (TypeError, ValueError) as exc:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"config.json has a bad value: {exc}") from None
+
+
+def config_from_hf(cfg: dict[str, Any]) -> LlamaConfig:
+    return parse_hf(lambda c: LlamaConfig(**llama_fields_from_hf(c)), cfg)

@@ -1,4 +1,10 @@
-"""The Llama architecture: pre-norm decoder blocks of GQA attention with RoPE and a SwiGLU MLP."""
+"""The Llama architecture: pre-norm decoder blocks of GQA attention with RoPE and a SwiGLU MLP.
+
+The Llama-shaped families (Mistral, Mixtral, Gemma, Gemma 3) subclass these classes and override
+only what differs: ``LlamaAttention.qkv`` (e.g. Q/K norms), ``window`` / ``scale``,
+``LlamaDecoderLayer.make_mlp`` (e.g. a mixture of experts), ``LlamaForCausalLM.decoder_layer``,
+``embed`` and ``logits``.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ from mistralrs.engine.layers.rope import RotaryEmbedding, apply_rope
 
 from .config import LlamaConfig
 
+Rope = tuple[torch.Tensor, torch.Tensor]  # cos, sin tables for the step's positions
+
 
 class LlamaAttention(nn.Module):
     def __init__(self, cfg: LlamaConfig, layer: int):
@@ -26,46 +34,59 @@ class LlamaAttention(nn.Module):
         self.k_proj = Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=bias)
         self.v_proj = Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=bias)
         self.o_proj = Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=bias)
-        self.window: int | None = None  # sliding-window families set this per layer
+        self.window: int | None = None  # sliding-window layers attend to this many positions (self included)
+        self.scale: float | None = None  # query scaling; None is 1/sqrt(head_dim)
 
-    def forward(self, x, rope: tuple[torch.Tensor, torch.Tensor], cache: KVCache, batch: AttentionBatch):
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-head queries, keys and values [T, heads, head_dim] before RoPE."""
         t = x.shape[0]
         q = self.q_proj(x).view(t, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(t, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
+        return q, k, v
+
+    def forward(self, x, rope: Rope, cache: KVCache, batch: AttentionBatch):
+        q, k, v = self.qkv(x)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        o = cached_attention(q, k, v, cache, self.layer, batch, window=self.window)
-        return self.o_proj(o.reshape(t, -1))
+        o = cached_attention(q, k, v, cache, self.layer, batch, scale=self.scale, window=self.window)
+        return self.o_proj(o.reshape(x.shape[0], -1))
 
 
 class LlamaDecoderLayer(nn.Module):
+    attention = LlamaAttention
+
     def __init__(self, cfg: LlamaConfig, layer: int):
         super().__init__()
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = LlamaAttention(cfg, layer)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, "silu", cfg.mlp_bias)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset)
+        self.self_attn = self.attention(cfg, layer)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset)
+        self.mlp = self.make_mlp(cfg)
 
-    def forward(self, x, rope, cache, batch):
+    def make_mlp(self, cfg: LlamaConfig) -> nn.Module:
+        return GatedMLP(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act, cfg.mlp_bias)
+
+    def forward(self, x, rope: Rope, cache: KVCache, batch: AttentionBatch):
         x = x + self.self_attn(self.input_layernorm(x), rope, cache, batch)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, cfg: LlamaConfig):
+    def __init__(self, cfg: LlamaConfig, decoder_layer: type[nn.Module] = LlamaDecoderLayer):
         super().__init__()
         self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i) for i in range(cfg.num_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.layers = nn.ModuleList(decoder_layer(cfg, i) for i in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset)
 
 
 class LlamaForCausalLM(nn.Module):
     """forward(ids, batch, cache) -> final normed hidden states [T, hidden]; logits(hidden) -> [N, vocab]."""
 
+    decoder_layer: type[nn.Module] = LlamaDecoderLayer
+
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.config = cfg
-        self.model = LlamaModel(cfg)
+        self.model = LlamaModel(cfg, self.decoder_layer)
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.rotary: RotaryEmbedding | None = None
 
@@ -77,9 +98,12 @@ class LlamaForCausalLM(nn.Module):
         """Build what is not a checkpoint tensor (RoPE tables) once weights are on the device."""
         self.rotary = RotaryEmbedding(self.config.rope, max_positions, device, dtype)
 
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_tokens(input_ids)
+
     def forward(self, input_ids: torch.Tensor, batch: AttentionBatch, cache: KVCache) -> torch.Tensor:
         assert self.rotary is not None, "call prepare() after loading weights"
-        x = self.model.embed_tokens(input_ids)
+        x = self.embed(input_ids)
         rope = self.rotary.tables(batch.positions)
         for layer in self.model.layers:
             x = layer(x, rope, cache, batch)

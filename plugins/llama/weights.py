@@ -1,4 +1,4 @@
-"""Checkpoint tensor names -> module parameter names for the Llama family."""
+"""Checkpoint tensor names -> module parameter names for the Llama family (and those built on it)."""
 
 from __future__ import annotations
 
@@ -40,12 +40,15 @@ def gguf_target(name: str, block_names: dict[str, str] = GGUF_BLOCK_NAMES,
     return f"{top_names[stem]}.{kind}" if stem in top_names else None
 
 
-def gguf_weights(ckpt: Any, cfg: LlamaConfig, unpermute_rope: bool = True) -> Iterator[tuple[str, RawTensor]]:
+def gguf_weights(ckpt: Any, cfg: LlamaConfig, unpermute_rope: bool = True,
+                 block_names: dict[str, str] = GGUF_BLOCK_NAMES) -> Iterator[tuple[str, RawTensor]]:
+    """``unpermute_rope``: llama.cpp's converter interleaves Q/K rows for the architectures it runs
+    with "normal" RoPE (llama and its GGUF kin); NEOX-RoPE ones (Gemma) are stored as in HF."""
     for name in ckpt.tensor_names():
         if name in GGUF_NOT_PARAMETERS:
             continue
         raw = ckpt.tensor(name)
-        target = gguf_target(name)
+        target = gguf_target(name, block_names)
         if target is None:
             yield name, raw  # the loader reports it as unexpected
             continue

@@ -1,0 +1,58 @@
+"""The Gemma and Gemma 3 families: Llama's loading with Gemma's configs, modules and names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mistralrs.plugins.llama.family import LlamaFamily
+
+from .chat_template import GEMMA_CHAT_TEMPLATE
+from .config import (
+    Gemma3Config,
+    GemmaConfig,
+    gemma3_config_from_gguf,
+    gemma3_config_from_hf,
+    gemma_config_from_gguf,
+    gemma_config_from_hf,
+)
+from .model import Gemma3ForCausalLM, GemmaForCausalLM
+from .weights import GGUF_GEMMA3_BLOCK_NAMES, GGUF_GEMMA_BLOCK_NAMES
+
+
+class GemmaFamily(LlamaFamily):
+    name = "gemma"
+    config_class = GemmaConfig
+    model_class = GemmaForCausalLM
+    gguf_block_names = GGUF_GEMMA_BLOCK_NAMES
+    gguf_unpermute_rope = False
+    default_chat_template = GEMMA_CHAT_TEMPLATE
+
+    def config(self, ckpt: Any) -> GemmaConfig:
+        cfg = super().config(ckpt)
+        if ckpt.format == "gguf":
+            # GGUF files without a template get Gemma's (the tokenizer is read after the config).
+            ckpt.metadata.setdefault("tokenizer.chat_template", self.default_chat_template)
+        return cfg
+
+    def config_from_gguf(self, meta: dict[str, Any], arch: str) -> GemmaConfig:
+        return gemma_config_from_gguf(meta, arch)
+
+    def config_from_hf(self, cfg: dict[str, Any]) -> GemmaConfig:
+        return gemma_config_from_hf(cfg)
+
+
+class Gemma3Family(GemmaFamily):
+    name = "gemma3"
+    config_class = Gemma3Config
+    model_class = Gemma3ForCausalLM
+    gguf_block_names = GGUF_GEMMA3_BLOCK_NAMES
+
+    def config_from_gguf(self, meta: dict[str, Any], arch: str) -> Gemma3Config:
+        return gemma3_config_from_gguf(meta, arch)
+
+    def config_from_hf(self, cfg: dict[str, Any]) -> Gemma3Config:
+        return gemma3_config_from_hf(cfg)
+
+
+gemma = GemmaFamily()
+gemma3 = Gemma3Family()

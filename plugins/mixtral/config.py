@@ -1,0 +1,43 @@
+"""Mixtral hyper-parameters: Mistral's plus the experts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from mistralrs.plugins.llama.config import ConfigError, llama_fields_from_gguf, llama_fields_from_hf, need, parse_hf
+from mistralrs.plugins.mistral.config import MistralConfig
+
+
+@dataclass
+class MixtralConfig(MistralConfig):
+    architecture: ClassVar[str] = "mixtral"
+
+    num_experts: int = 8
+    num_experts_per_tok: int = 2  # experts each token is routed to
+
+    def validate(self) -> "MixtralConfig":
+        super().validate()
+        if not 1 <= self.num_experts_per_tok <= self.num_experts:
+            raise ConfigError(f"num_experts_per_tok {self.num_experts_per_tok} must be between 1 and "
+                              f"num_experts {self.num_experts}")
+        return self
+
+
+def mixtral_config_from_gguf(meta: dict[str, Any], arch: str) -> MixtralConfig:
+    window = meta.get(f"{arch}.attention.sliding_window")
+    return MixtralConfig(
+        **llama_fields_from_gguf(meta, arch),
+        sliding_window=int(window) if window else None,
+        num_experts=int(need(meta, f"{arch}.expert_count")),
+        num_experts_per_tok=int(need(meta, f"{arch}.expert_used_count")),
+    ).validate()
+
+
+def mixtral_config_from_hf(cfg: dict[str, Any]) -> MixtralConfig:
+    return parse_hf(lambda c: MixtralConfig(
+        **llama_fields_from_hf(c),
+        sliding_window=c.get("sliding_window"),
+        num_experts=int(c["num_local_experts"]),
+        num_experts_per_tok=int(c["num_experts_per_tok"]),
+    ), cfg)
