@@ -27,10 +27,20 @@ class SeqSegment:
 
 
 @dataclass
+class DecodeSlots:
+    """When every sequence of the step decodes one token: all their context slots, padded, for the
+    native decode attention (one call per layer for the whole batch)."""
+
+    slots: torch.Tensor  # int64 [B, max context]
+    lens: torch.Tensor  # int64 [B]
+
+
+@dataclass
 class AttentionBatch:
     positions: torch.Tensor  # [T] position of each token in its sequence
     slot_mapping: torch.Tensor  # [T] cache slot each token's K/V is written to
     segments: list[SeqSegment]
+    decode: DecodeSlots | None = None
     _masks: dict[int | None, list[torch.Tensor | None]] = field(default_factory=dict)
 
     @property
@@ -89,8 +99,14 @@ def paged_batch(chunks: list[tuple[list[int], int, int]], block_size: int, devic
         slots.append(kv_slots[cached:])
         segments.append(SeqSegment(q_start, n, ctx, kv_slots.to(device)))
         q_start += n
+    decode = None
+    if all(seg.q_len == 1 for seg in segments):
+        contexts = [seg.kv_slots for seg in segments]
+        decode = DecodeSlots(torch.nn.utils.rnn.pad_sequence(contexts, batch_first=True),
+                             torch.tensor([seg.ctx_len for seg in segments], device=device))
     return AttentionBatch(
         positions=torch.cat(positions).to(device),
         slot_mapping=torch.cat(slots).to(device),
         segments=segments,
+        decode=decode,
     )

@@ -10,7 +10,7 @@ from mistralrs.engine.formats.checkpoint import RawTensor
 from mistralrs.engine.quant.affine import AFFINE_TYPES, affine_groups
 from mistralrs.engine.quant.dequant import BLOCK_GEOMETRY, dequantize
 from mistralrs.engine.quant.int4_planes import Int4PlanesWeight, row_decode_supported
-from mistralrs.engine.quant.native import NATIVE_TYPES, native_ops
+from mistralrs.engine.kernels import NATIVE_TYPES, native_ops
 from mistralrs.engine.quant.weights import NATIVE_MAX_ROWS, BlockWeight, DenseWeight, NativeBlockWeight, packed_weight
 
 ALL_QUANT = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..batch import AttentionBatch
+from ..kernels import fast_ops
 from ..kv_cache import KVCache
 
 
@@ -20,8 +21,15 @@ def cached_attention(
     window: int | None = None,
 ) -> torch.Tensor:
     """Returns [T, heads, v_head_dim]."""
-    cache.write(layer, batch.slot_mapping, k, v)
     k_cache, v_cache = cache.k[layer], cache.v[layer]
+    ops = fast_ops(q, k_cache)
+    if ops is not None:
+        ops.kv_write(k_cache, v_cache, batch.slot_mapping, k, v)
+        if batch.decode is not None:  # every sequence decodes one token: one native call
+            scale = scale if scale is not None else q.shape[-1] ** -0.5
+            return ops.decode_attention(q, k_cache, v_cache, batch.decode.slots, batch.decode.lens, scale, window or 0)
+    else:
+        cache.write(layer, batch.slot_mapping, k, v)
     out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
     for seg, mask in zip(batch.segments, batch.masks(window)):
         qs = q[seg.q_slice].transpose(0, 1).unsqueeze(0)  # [1, H, q_len, D]

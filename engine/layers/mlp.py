@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .linear import Linear
+from .linear import Linear, linear_many
 
 ACTIVATIONS = {
     "silu": F.silu,
@@ -42,4 +42,5 @@ class GatedMLP(nn.Module):
         self.act = ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = linear_many(x, [self.gate_proj, self.up_proj])
+        return self.down_proj(self.act(gate) * up)

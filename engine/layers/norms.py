@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from ..kernels import fast_ops
 
 
 class RMSNorm(nn.Module):
@@ -17,10 +20,12 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.empty(dim, device="meta"), requires_grad=False)
         self.eps = eps
         self.offset = offset
+        self._scale: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        weight = self.weight.float() + self.offset if self.offset else self.weight.float()
-        return (x * weight).to(dtype)
+        if self._scale is None:  # float32 (offset + weight), once: weights never change after loading
+            self._scale = self.weight.detach().float() + self.offset
+        ops = fast_ops(x)
+        if ops is not None:
+            return ops.rms_norm(x, self._scale, self.eps)
+        return F.rms_norm(x.float(), self._scale.shape, self._scale, self.eps).to(x.dtype)

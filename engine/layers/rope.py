@@ -64,6 +64,18 @@ class RotaryEmbedding:
         return self.cos.index_select(0, positions).unsqueeze(1), self.sin.index_select(0, positions).unsqueeze(1)
 
 
+def apply_rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``apply_rope`` in place (one native call on CPU float32); returns x."""
+    from ..kernels import fast_ops
+
+    ops = fast_ops(x, cos)
+    if ops is not None and x.stride(-1) == 1:
+        ops.rope_(x, cos, sin)
+    else:
+        x.copy_(apply_rope(x, cos, sin))
+    return x
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x: [T, heads, head_dim]; rotates the first ``cos.shape[-1]`` dims (partial rotary allowed)."""
     rot = cos.shape[-1]

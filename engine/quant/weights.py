@@ -21,7 +21,7 @@ from ..formats.checkpoint import RawTensor
 from .affine import AFFINE_TYPES, affine_groups
 from .dequant import BLOCK_GEOMETRY, dequantize
 from .int4_planes import Int4PlanesWeight, row_decode_supported
-from .native import NATIVE_TYPES, native_ops
+from ..kernels import NATIVE_TYPES, native_ops
 
 NATIVE_MAX_ROWS = 16  # activations rows up to which the C++ kernel beats dequantize + BLAS
 

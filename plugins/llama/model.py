@@ -14,10 +14,10 @@ from torch import nn
 from mistralrs.engine.batch import AttentionBatch
 from mistralrs.engine.kv_cache import KVCache, KVCacheSpec
 from mistralrs.engine.layers.attention import cached_attention
-from mistralrs.engine.layers.linear import Embedding, Linear
+from mistralrs.engine.layers.linear import Embedding, Linear, linear_many
 from mistralrs.engine.layers.mlp import GatedMLP
 from mistralrs.engine.layers.norms import RMSNorm
-from mistralrs.engine.layers.rope import RotaryEmbedding, apply_rope
+from mistralrs.engine.layers.rope import RotaryEmbedding, apply_rope_
 
 from .config import LlamaConfig
 
@@ -40,14 +40,15 @@ class LlamaAttention(nn.Module):
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-head queries, keys and values [T, heads, head_dim] before RoPE."""
         t = x.shape[0]
-        q = self.q_proj(x).view(t, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(t, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
+        q, k, v = linear_many(x, [self.q_proj, self.k_proj, self.v_proj])  # one kernel call when possible
+        q = q.view(t, self.num_heads, self.head_dim)
+        k = k.view(t, self.num_kv_heads, self.head_dim)
+        v = v.view(t, self.num_kv_heads, self.head_dim)
         return q, k, v
 
     def forward(self, x, rope: Rope, cache: KVCache, batch: AttentionBatch):
         q, k, v = self.qkv(x)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k = apply_rope_(q, *rope), apply_rope_(k, *rope)  # fresh projections: rotate in place
         o = cached_attention(q, k, v, cache, self.layer, batch, scale=self.scale, window=self.window)
         return self.o_proj(o.reshape(x.shape[0], -1))
 

@@ -168,8 +168,10 @@ inline float hsum(__m256 v) {
 inline __m256i lane_shift(__m256i d, int n) { return _mm256_srl_epi32(d, _mm_cvtsi32_si128(n)); }
 
 // Each decoder writes the group's codes (in the lane order above) as 4 vectors and s, z.
+template <bool affine>
 struct DecodeQ4 {  // Q4_0 (centered) and Q4_1 (affine)
-  bool affine;
+  static constexpr int kGroups = 1, kBytes = affine ? 20 : 18;
+  static constexpr bool kOffset = affine;
   void operator()(const uint8_t* b, int, __m256* c, float& s, float& z) const {
     s = half_to_float(b);
     z = affine ? half_to_float(b + 2) : 0.f;
@@ -182,8 +184,10 @@ struct DecodeQ4 {  // Q4_0 (centered) and Q4_1 (affine)
   }
 };
 
+template <bool affine>
 struct DecodeQ5 {  // Q5_0 (centered) and Q5_1 (affine)
-  bool affine;
+  static constexpr int kGroups = 1, kBytes = affine ? 24 : 22;
+  static constexpr bool kOffset = affine;
   void operator()(const uint8_t* b, int, __m256* c, float& s, float& z) const {
     s = half_to_float(b);
     z = affine ? half_to_float(b + 2) : 0.f;
@@ -203,6 +207,8 @@ struct DecodeQ5 {  // Q5_0 (centered) and Q5_1 (affine)
 };
 
 struct DecodeQ8 {
+  static constexpr int kGroups = 1, kBytes = 34;
+  static constexpr bool kOffset = false;
   void operator()(const uint8_t* b, int, __m256* c, float& s, float& z) const {
     s = half_to_float(b);
     z = 0.f;
@@ -214,8 +220,10 @@ struct DecodeQ8 {
   }
 };
 
+template <bool five>
 struct DecodeQK {  // Q4_K and Q5_K sub-blocks of 32
-  bool five;
+  static constexpr int kGroups = 8, kBytes = five ? 176 : 144;
+  static constexpr bool kOffset = true;
   void operator()(const uint8_t* b, int g, __m256* c, float& s, float& z) const {
     const float d = half_to_float(b), dmin = half_to_float(b + 2);
     int sc, m;
@@ -235,6 +243,8 @@ struct DecodeQK {  // Q4_K and Q5_K sub-blocks of 32
 };
 
 struct DecodeQ6K {
+  static constexpr int kGroups = 8, kBytes = 210;
+  static constexpr bool kOffset = false;
   void operator()(const uint8_t* b, int g, __m256* c, float& s, float& z) const {
     s = half_to_float(b + 208);
     z = 0.f;
@@ -256,27 +266,31 @@ struct DecodeQ6K {
 
 // Rows [r0, r1) of W against M rows of (permuted) x.
 template <int M, class Decode>
-void rows_kernel(const Decode& decode, const Geometry geo, const uint8_t* w, int64_t row_bytes, int64_t K,
-                 const float* xp, const float* xsum, float* y, int64_t N, int64_t r0, int64_t r1, int64_t m0) {
-  const int64_t groups = K / 32, per_block = geo.block / 32;
+void rows_kernel(const Decode& decode, const uint8_t* w, int64_t row_bytes, int64_t K, const float* xp,
+                 const float* xsum, float* y, int64_t N, int64_t r0, int64_t r1, int64_t m0) {
+  const int64_t groups = K / 32, blocks = groups / Decode::kGroups;
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = w + r * row_bytes;
     __m256 acc[M];
     float zacc[M];
     for (int m = 0; m < M; ++m) { acc[m] = _mm256_setzero_ps(); zacc[m] = 0.f; }
-    for (int64_t g = 0; g < groups; ++g) {
-      __m256 c[4];
-      float s, z;
-      decode(row + (g / per_block) * geo.bytes, int(g % per_block), c, s, z);
-      const __m256 sv = _mm256_set1_ps(s);
-      for (int m = 0; m < M; ++m) {
-        const float* xg = xp + (m0 + m) * K + 32 * g;
-        __m256 p = _mm256_mul_ps(c[0], _mm256_loadu_ps(xg));
-        p = _mm256_fmadd_ps(c[1], _mm256_loadu_ps(xg + 8), p);
-        p = _mm256_fmadd_ps(c[2], _mm256_loadu_ps(xg + 16), p);
-        p = _mm256_fmadd_ps(c[3], _mm256_loadu_ps(xg + 24), p);
-        acc[m] = _mm256_fmadd_ps(p, sv, acc[m]);
-        zacc[m] += z * xsum[(m0 + m) * groups + g];
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const uint8_t* block = row + blk * Decode::kBytes;
+      for (int sub = 0; sub < Decode::kGroups; ++sub) {
+        const int64_t g = blk * Decode::kGroups + sub;
+        __m256 c[4];
+        float s, z;
+        decode(block, sub, c, s, z);
+        const __m256 sv = _mm256_set1_ps(s);
+        for (int m = 0; m < M; ++m) {
+          const float* xg = xp + (m0 + m) * K + 32 * g;
+          __m256 p = _mm256_mul_ps(c[0], _mm256_loadu_ps(xg));
+          p = _mm256_fmadd_ps(c[1], _mm256_loadu_ps(xg + 8), p);
+          p = _mm256_fmadd_ps(c[2], _mm256_loadu_ps(xg + 16), p);
+          p = _mm256_fmadd_ps(c[3], _mm256_loadu_ps(xg + 24), p);
+          acc[m] = _mm256_fmadd_ps(p, sv, acc[m]);
+          if (Decode::kOffset) zacc[m] += z * xsum[(m0 + m) * groups + g];
+        }
       }
     }
     for (int m = 0; m < M; ++m) y[(m0 + m) * N + r] = hsum(acc[m]) + zacc[m];
@@ -284,12 +298,12 @@ void rows_kernel(const Decode& decode, const Geometry geo, const uint8_t* w, int
 }
 
 template <class Decode>
-void run_rows(const Decode& decode, const Geometry geo, const uint8_t* w, int64_t row_bytes, int64_t K,
-              const float* xp, const float* xsum, float* y, int64_t M, int64_t N, int64_t r0, int64_t r1) {
+void run_rows(const Decode& decode, const uint8_t* w, int64_t row_bytes, int64_t K, const float* xp,
+              const float* xsum, float* y, int64_t M, int64_t N, int64_t r0, int64_t r1) {
   int64_t m = 0;
-  for (; m + 4 <= M; m += 4) rows_kernel<4>(decode, geo, w, row_bytes, K, xp, xsum, y, N, r0, r1, m);
-  for (; m + 2 <= M; m += 2) rows_kernel<2>(decode, geo, w, row_bytes, K, xp, xsum, y, N, r0, r1, m);
-  for (; m < M; ++m) rows_kernel<1>(decode, geo, w, row_bytes, K, xp, xsum, y, N, r0, r1, m);
+  for (; m + 4 <= M; m += 4) rows_kernel<4>(decode, w, row_bytes, K, xp, xsum, y, N, r0, r1, m);
+  for (; m + 2 <= M; m += 2) rows_kernel<2>(decode, w, row_bytes, K, xp, xsum, y, N, r0, r1, m);
+  for (; m < M; ++m) rows_kernel<1>(decode, w, row_bytes, K, xp, xsum, y, N, r0, r1, m);
 }
 #endif
 
@@ -317,17 +331,17 @@ void portable_rows(int64_t t, const Geometry geo, const uint8_t* w, int64_t row_
 }  // namespace
 
 #ifdef MRS_AVX2
-void dispatch_rows(int64_t qtype, const Geometry geo, const uint8_t* w, int64_t row_bytes, int64_t K,
-                   const float* xp, const float* xsum, float* y, int64_t M, int64_t ldy, int64_t r0, int64_t r1) {
+void dispatch_rows(int64_t qtype, const uint8_t* w, int64_t row_bytes, int64_t K, const float* xp,
+                   const float* xsum, float* y, int64_t M, int64_t ldy, int64_t r0, int64_t r1) {
   switch (qtype) {
-    case Q4_0: run_rows(DecodeQ4{false}, geo, w, row_bytes, K, xp, xsum, y, M, ldy, r0, r1); break;
-    case Q4_1: run_rows(DecodeQ4{true}, geo, w, row_bytes, K, xp, xsum, y, M, ldy, r0, r1); break;
-    case Q5_0: run_rows(DecodeQ5{false}, geo, w, row_bytes, K, xp, xsum, y, M, ldy, r0, r1); break;
-    case Q5_1: run_rows(DecodeQ5{true}, geo, w, row_bytes, K, xp, xsum, y, M, ldy, r0, r1); break;
-    case Q8_0: run_rows(DecodeQ8{}, geo, w, row_bytes, K, xp, xsum, y, M, ldy, r0, r1); break;
-    case Q4_K: run_rows(DecodeQK{false}, geo, w, row_bytes, K, xp, xsum, y, M, ldy, r0, r1); break;
-    case Q5_K: run_rows(DecodeQK{true}, geo, w, row_bytes, K, xp, xsum, y, M, ldy, r0, r1); break;
-    case Q6_K: run_rows(DecodeQ6K{}, geo, w, row_bytes, K, xp, xsum, y, M, ldy, r0, r1); break;
+    case Q4_0: run_rows(DecodeQ4<false>{}, w, row_bytes, K, xp, xsum, y, M, ldy, r0, r1); break;
+    case Q4_1: run_rows(DecodeQ4<true>{}, w, row_bytes, K, xp, xsum, y, M, ldy, r0, r1); break;
+    case Q5_0: run_rows(DecodeQ5<false>{}, w, row_bytes, K, xp, xsum, y, M, ldy, r0, r1); break;
+    case Q5_1: run_rows(DecodeQ5<true>{}, w, row_bytes, K, xp, xsum, y, M, ldy, r0, r1); break;
+    case Q8_0: run_rows(DecodeQ8{}, w, row_bytes, K, xp, xsum, y, M, ldy, r0, r1); break;
+    case Q4_K: run_rows(DecodeQK<false>{}, w, row_bytes, K, xp, xsum, y, M, ldy, r0, r1); break;
+    case Q5_K: run_rows(DecodeQK<true>{}, w, row_bytes, K, xp, xsum, y, M, ldy, r0, r1); break;
+    case Q6_K: run_rows(DecodeQ6K{}, w, row_bytes, K, xp, xsum, y, M, ldy, r0, r1); break;
   }
 }
 #endif
@@ -383,8 +397,8 @@ torch::Tensor gguf_matmul_many(torch::Tensor x, std::vector<torch::Tensor> ws, s
       if (a >= b) continue;
       const float* xp = nibble_layout(qtypes[i]) ? xn.data() : xb.data();
       // rows of weight i write into their own columns of y: shift the output base, keep the stride
-      dispatch_rows(qtypes[i], geometry(qtypes[i]), wp[i], row_bytes[i], K, xp, xsum.data(), yp + first[i], M,
-                    total, a - first[i], b - first[i]);
+      dispatch_rows(qtypes[i], wp[i], row_bytes[i], K, xp, xsum.data(), yp + first[i], M, total, a - first[i],
+                    b - first[i]);
     }
   });
 #else
@@ -429,7 +443,7 @@ torch::Tensor gguf_dequantize(torch::Tensor w, int64_t qtype, int64_t N, int64_t
   return out;
 }
 
-TORCH_LIBRARY(mistralrs_kernels, m) {
+TORCH_LIBRARY_FRAGMENT(mistralrs_kernels, m) {
   m.def("gguf_matmul(Tensor x, Tensor w, int qtype, int N) -> Tensor");
   m.def("gguf_matmul_many(Tensor x, Tensor[] ws, int[] qtypes, int[] ns) -> Tensor");
   m.def("gguf_dequantize(Tensor w, int qtype, int N, int K) -> Tensor");

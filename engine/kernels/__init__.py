@@ -1,4 +1,4 @@
-"""The project's C++ kernels (kernels/*.cpp), compiled for this machine on first use.
+"""The project's C++ kernels (engine/kernels/*.cpp), compiled for this machine on first use.
 
 torch's extension builder compiles them with -O3 -march=native into the mistralrs cache (about a
 minute, once per machine and torch version). Without a compiler, ninja or on an unsupported CPU the
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger(__name__)
-SOURCES = [Path(__file__).parent / "kernels" / "gguf_matmul.cpp"]
+SOURCES = sorted(Path(__file__).parent.glob("*.cpp"))
 # GGML type ids the C++ matmul reads directly
 NATIVE_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
 
@@ -31,6 +31,13 @@ def _build_dir() -> Path:
     path = Path(root) / "kernels" / digest.hexdigest()[:16]
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def fast_ops(*tensors: torch.Tensor):
+    """The native ops when every tensor is a float32 CPU tensor they can take, else None."""
+    if all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
+        return native_ops()
+    return None
 
 
 @functools.cache

@@ -1,0 +1,77 @@
+"""The C++ helper ops against their plain-torch definitions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mistralrs.engine.kernels import native_ops
+from mistralrs.engine.layers.rope import apply_rope
+
+ops = native_ops()
+pytestmark = pytest.mark.skipif(ops is None, reason="no C++ toolchain here")
+
+
+def test_rms_norm_and_fused_residual_add():
+    x, r, w = torch.randn(5, 96), torch.randn(5, 96), torch.randn(96)
+    expected = F.rms_norm(x, (96,), w, 1e-5)
+    torch.testing.assert_close(ops.rms_norm(x, w, 1e-5), expected)
+    residual = r.clone()
+    out = ops.add_rms_norm_(residual, x, w, 1e-6)
+    torch.testing.assert_close(residual, r + x)
+    torch.testing.assert_close(out, F.rms_norm(r + x, (96,), w, 1e-6))
+
+
+@pytest.mark.parametrize("rot", [64, 32])  # full and partial rotary
+def test_rope_in_place_on_strided_views(rot):
+    fused = torch.randn(7, 3 * 4 * 64)  # q (4 heads) and k/v views of one projection, as in the models
+    q = fused[:, : 4 * 64].view(7, 4, 64)
+    angles = torch.randn(7, rot // 2)
+    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+    expected = apply_rope(q.clone(), cos.unsqueeze(1), sin.unsqueeze(1))
+    untouched = fused[:, 4 * 64 :].clone()
+    ops.rope_(q, cos, sin)
+    torch.testing.assert_close(q, expected)
+    assert torch.equal(fused[:, 4 * 64 :], untouched)
+
+
+def reference_attention(q, k_cache, v_cache, slots, lens, scale, window):
+    out = []
+    for b in range(q.shape[0]):
+        n = int(lens[b])
+        ks, vs = k_cache[slots[b, :n]], v_cache[slots[b, :n]]  # [n, Hkv, D]
+        mask = torch.ones(n, dtype=torch.bool)
+        if window:
+            mask[: max(0, n - window)] = False
+        o = F.scaled_dot_product_attention(q[b].unsqueeze(1).unsqueeze(0), ks.transpose(0, 1).unsqueeze(0),
+                                           vs.transpose(0, 1).unsqueeze(0), attn_mask=mask.view(1, 1, 1, n), scale=scale,
+                                           enable_gqa=True)
+        out.append(o[0, :, 0])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("window", [0, 5])
+def test_decode_attention_matches_sdpa_over_paged_slots(window):
+    g = torch.Generator().manual_seed(0)
+    slots_total, hq, hkv, d = 64, 6, 2, 32
+    k_cache, v_cache = torch.randn(slots_total, hkv, d, generator=g), torch.randn(slots_total, hkv, d, generator=g)
+    lens = torch.tensor([9, 1, 17])
+    slots = torch.zeros(3, 17, dtype=torch.long)
+    for b, n in enumerate(lens.tolist()):  # scattered slots, as a paged cache hands them out
+        slots[b, :n] = torch.randperm(slots_total, generator=g)[:n]
+    q = torch.randn(3, hq, d, generator=g)
+    got = ops.decode_attention(q, k_cache, v_cache, slots, lens, 0.3, window)
+    torch.testing.assert_close(got, reference_attention(q, k_cache, v_cache, slots, lens, 0.3, window),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_kv_write_puts_rows_in_their_slots():
+    k_cache, v_cache = torch.zeros(10, 2, 8), torch.zeros(10, 2, 8)
+    fused = torch.randn(3, 4 * 8)
+    k, v = fused[:, :16].view(3, 2, 8), fused[:, 16:].view(3, 2, 8)
+    slots = torch.tensor([7, 2, 9])
+    ops.kv_write(k_cache, v_cache, slots, k, v)
+    torch.testing.assert_close(k_cache[slots], k)
+    torch.testing.assert_close(v_cache[slots], v)
+    assert k_cache[[0, 1, 3, 4, 5, 6, 8]].abs().sum() == 0
