@@ -100,8 +100,9 @@ def test_native_kernel_matches_dequantized_matmul(qtype, batch):
     x = torch.randn(batch, cols, generator=torch.Generator().manual_seed(batch))
     expected = x @ dequantize(raw.data, qtype, (rows, cols)).t()
     got = weight.matmul(x)
-    # float32 activations and exact weights: only summation order differs
-    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+    # exact weights; decode-sized batches quantize x per 32-group to int16 (2^-16 of the group max)
+    tolerance = 1e-4 if batch <= NATIVE_MAX_ROWS else 1e-5
+    assert (got - expected).abs().max() <= tolerance * expected.abs().max()
     ids = torch.tensor([0, 9, 63])
     reference = dequantize(raw.data, qtype, (rows, cols))
     torch.testing.assert_close(weight.rows(ids), reference[ids])
