@@ -135,7 +135,7 @@ def test_packed_forms_are_compact():
 def test_many_weights_in_one_call_equal_separate_calls():
     if native_ops() is None:
         pytest.skip("no C++ toolchain here")
-    from mistralrs.engine.quant.weights import native_matmul_many
+    from mistralrs.engine.quant.weights import native_group
 
     cols = 512
     parts = [("Q5_0", 64), ("Q8_0", 32), ("Q4_K", 96), ("Q6_K", 32)]  # mixed lane orders and block sizes
@@ -143,7 +143,7 @@ def test_many_weights_in_one_call_equal_separate_calls():
                for i, (q, n) in enumerate(parts)]
     for batch in (1, 3):
         x = torch.randn(batch, cols)
-        fused = native_matmul_many(x, weights)
+        fused = native_group(weights)(x)
         for got, w in zip(fused, weights):
             torch.testing.assert_close(got, w.matmul(x), atol=1e-5, rtol=1e-5)
-    assert native_matmul_many(torch.randn(NATIVE_MAX_ROWS + 1, cols), weights) is None
+    assert native_group(weights)(torch.randn(NATIVE_MAX_ROWS + 1, cols)) is None

@@ -35,9 +35,10 @@ def _build_dir() -> Path:
 
 def fast_ops(*tensors: torch.Tensor):
     """The native ops when every tensor is a float32 CPU tensor they can take, else None."""
-    if all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
-        return native_ops()
-    return None
+    for t in tensors:
+        if t.dtype is not torch.float32 or t.is_cuda or t.device.type != "cpu":
+            return None
+    return native_ops()
 
 
 @functools.cache

@@ -60,12 +60,29 @@ class Embedding(_Weighted):
         return self.packed.rows(ids).to(self.dtype)
 
 
-def linear_many(x: torch.Tensor, layers: list[Linear]) -> list[torch.Tensor]:
-    """``[layer(x) for layer in layers]``, in one kernel call when the weights allow it."""
-    from mistralrs.engine.quant.weights import native_matmul_many
+class LinearGroup:
+    """Linear layers of ``owner`` sharing an input (q/k/v, gate/up), applied in one kernel call
+    when their weights allow it. Weights arrive after the model is built, so the plan is made on
+    first use (``reset()`` after swapping a layer, e.g. for an adapter)."""
 
-    if all(layer.packed is not None and layer.bias is None for layer in layers):
-        fused = native_matmul_many(x, [layer.packed for layer in layers])
-        if fused is not None:
-            return fused
-    return [layer(x) for layer in layers]
+    def __init__(self, owner: nn.Module, *names: str):
+        self.owner, self.names = owner, names
+        self.reset()
+
+    def reset(self) -> None:
+        self._planned, self._fused, self._layers = False, None, ()
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if not self._planned:
+            from mistralrs.engine.quant.weights import native_group
+
+            self._layers = tuple(getattr(self.owner, n) for n in self.names)
+            plain = all(isinstance(layer, Linear) and layer.packed is not None and layer.bias is None
+                        for layer in self._layers)
+            self._fused = native_group([layer.packed for layer in self._layers]) if plain else None
+            self._planned = True
+        if self._fused is not None:
+            out = self._fused(x)
+            if out is not None:
+                return out
+        return [layer(x) for layer in self._layers]

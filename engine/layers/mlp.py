@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .linear import Linear, linear_many
+from .linear import Linear, LinearGroup
 
 ACTIVATIONS = {
     "silu": F.silu,
@@ -39,8 +39,9 @@ class GatedMLP(nn.Module):
         self.gate_proj = Linear(hidden, intermediate, bias=bias)
         self.up_proj = Linear(hidden, intermediate, bias=bias)
         self.down_proj = Linear(intermediate, hidden, bias=bias)
+        self.gate_up = LinearGroup(self, "gate_proj", "up_proj")
         self.act = ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = linear_many(x, [self.gate_proj, self.up_proj])
+        gate, up = self.gate_up(x)
         return self.down_proj(self.act(gate) * up)

@@ -91,28 +91,31 @@ class NativeBlockWeight(BlockWeight):
         return self.ops.gguf_dequantize(self.raw, self.type_id, *self.shape)
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        lead, cols = x.shape[:-1], x.shape[-1]
-        flat = x.reshape(-1, cols).float()
-        if flat.shape[0] > NATIVE_MAX_ROWS:  # prefill: dequantize once, then the BLAS matmul
-            y = F.linear(flat, self.dense())
-        else:
-            y = self.ops.gguf_matmul(flat, self.raw, self.type_id, self.shape[0])
-        return y.to(x.dtype).reshape(*lead, self.shape[0])
+        if x.dim() != 2 or x.dtype != torch.float32:  # the decode path passes [T, K] float32 as is
+            return self.matmul(x.reshape(-1, x.shape[-1]).float()).to(x.dtype).reshape(*x.shape[:-1], self.shape[0])
+        if x.shape[0] > NATIVE_MAX_ROWS:  # prefill: dequantize once, then the BLAS matmul
+            return F.linear(x, self.dense())
+        return self.ops.gguf_matmul(x, self.raw, self.type_id, self.shape[0])
 
 
-def native_matmul_many(x: torch.Tensor, weights: list) -> list[torch.Tensor] | None:
-    """Several native weights applied to one input in a single kernel call (q/k/v, gate/up);
-    None when that does not apply (another weight form, or a prefill-sized batch)."""
-    if not all(isinstance(w, NativeBlockWeight) for w in weights):
-        return None
-    lead, cols = x.shape[:-1], x.shape[-1]
-    flat = x.reshape(-1, cols)
-    if flat.shape[0] > NATIVE_MAX_ROWS:
-        return None
-    y = weights[0].ops.gguf_matmul_many(flat.float(), [w.raw for w in weights], [w.type_id for w in weights],
-                                        [w.shape[0] for w in weights])
-    outs = y.to(x.dtype).split([w.shape[0] for w in weights], dim=-1)
-    return [o.reshape(*lead, o.shape[-1]) for o in outs]
+class NativeGroup:
+    """Native weights sharing an input (q/k/v, gate/up): one kernel call for all of them."""
+
+    def __init__(self, weights: list[NativeBlockWeight]):
+        self.ops = weights[0].ops
+        self.raws = [w.raw for w in weights]
+        self.types = [w.type_id for w in weights]
+        self.rows = [w.shape[0] for w in weights]
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor] | None:
+        """The products, or None for a prefill-sized batch (each weight then goes its own way)."""
+        if x.dim() != 2 or x.dtype != torch.float32 or x.shape[0] > NATIVE_MAX_ROWS:
+            return None
+        return self.ops.gguf_matmul_many(x, self.raws, self.types, self.rows).split(self.rows, dim=-1)
+
+
+def native_group(weights: list) -> NativeGroup | None:
+    return NativeGroup(weights) if all(isinstance(w, NativeBlockWeight) for w in weights) else None
 
 
 def dense_from_raw(raw: RawTensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

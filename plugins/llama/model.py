@@ -14,7 +14,7 @@ from torch import nn
 from mistralrs.engine.batch import AttentionBatch
 from mistralrs.engine.kv_cache import KVCache, KVCacheSpec
 from mistralrs.engine.layers.attention import cached_attention
-from mistralrs.engine.layers.linear import Embedding, Linear, linear_many
+from mistralrs.engine.layers.linear import Embedding, Linear, LinearGroup
 from mistralrs.engine.layers.mlp import GatedMLP
 from mistralrs.engine.layers.norms import RMSNorm
 from mistralrs.engine.layers.rope import RotaryEmbedding, apply_rope_
@@ -34,13 +34,14 @@ class LlamaAttention(nn.Module):
         self.k_proj = Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=bias)
         self.v_proj = Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=bias)
         self.o_proj = Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=bias)
+        self.qkv_proj = LinearGroup(self, "q_proj", "k_proj", "v_proj")
         self.window: int | None = None  # sliding-window layers attend to this many positions (self included)
         self.scale: float | None = None  # query scaling; None is 1/sqrt(head_dim)
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-head queries, keys and values [T, heads, head_dim] before RoPE."""
         t = x.shape[0]
-        q, k, v = linear_many(x, [self.q_proj, self.k_proj, self.v_proj])  # one kernel call when possible
+        q, k, v = self.qkv_proj(x)  # one kernel call when the weights allow it
         q = q.view(t, self.num_heads, self.head_dim)
         k = k.view(t, self.num_kv_heads, self.head_dim)
         v = v.view(t, self.num_kv_heads, self.head_dim)
