@@ -35,7 +35,12 @@ class ModelConfig:
 
 @dataclass
 class QuantConfig:
+    # In-situ quantization of the checkpoint's float weights at load time: none | q4_0 | q4_1 | q5_0 |
+    # q5_1 | q8_0 | q2_k | q3_k | q4_k | q5_k | q6_k, or a width 2|3|4|5|6|8 (the K-type of that width,
+    # 8 -> q8_0). Tensors a GGUF file already stores quantized keep their own type.
     type: str = "none"
+    # also quantize the token embeddings and the output head (default: they stay float)
+    embeddings: bool = False
 
 
 @dataclass

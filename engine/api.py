@@ -53,9 +53,7 @@ class LLM:
         config = to_schema(cfg)
         if config.engine.threads:
             torch.set_num_threads(config.engine.threads)
-        if config.quant.type not in ("none", None):
-            raise ValueError(f"quant={config.quant.type}: in-situ quantization is not available yet (use quant=none)")
-        return cls(config, load_model(config.model))
+        return cls(config, load_model(config.model, quant=config.quant))
 
     @property
     def tokenizer(self) -> Any:

@@ -56,6 +56,9 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     strict = any(arg in ("engine.strict_plugins=true", "engine.strict_plugins=True") for arg in sys.argv[1:])
+    from mistralrs.engine.quant.quantize_types import quote_width_overrides
+
+    sys.argv[1:] = quote_width_overrides(sys.argv[1:])  # `quant=4` selects the preset named "4"
     try:
         register_configs(strict_plugins=strict)
     except Exception as exc:

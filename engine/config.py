@@ -38,8 +38,10 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     if GlobalHydra.instance().is_initialized():
         raise RuntimeError("mistralrs.load() cannot compose its config inside a running Hydra app; "
                            "pass the composed config to mistralrs.engine.api.LLM.from_config instead")
+    from mistralrs.engine.quant.quantize_types import quote_width_overrides
+
     with initialize_config_module(config_module="mistralrs.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+        return compose(config_name="config", overrides=quote_width_overrides(list(overrides)))
 
 
 def to_schema(cfg: DictConfig | Any) -> Config:

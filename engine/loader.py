@@ -12,12 +12,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from mistralrs.conf.schema import ModelConfig
+from mistralrs.conf.schema import ModelConfig, QuantConfig
 from mistralrs.registry import Registries, registries, resolve
 
 from .devices import pick_device, pick_dtype
 from .formats.checkpoint import ModelFileError
 from .layers.linear import Embedding, Linear
+from .quant.isq import InSituQuantizer, weight_role
 from .quant.weights import dense_from_raw, packed_weight
 from .sources import resolve_source
 
@@ -70,10 +71,11 @@ def _packable(model: nn.Module, target: str) -> nn.Module | None:
 
 
 def _load_weights(model: nn.Module, family: Any, ckpt: Any, model_cfg: Any, path: Path, arch: str,
-                  dtype: torch.dtype, device: torch.device, mode: str) -> None:
+                  dtype: torch.dtype, device: torch.device, mode: str, quant: Any = None) -> None:
     expected = dict(model.named_parameters())
     tied = family.tied(model_cfg)
     loaded: set[str] = set()
+    isq = InSituQuantizer.from_config(quant, device)  # quant=q4_k etc.: float weights -> GGUF blocks
     for target, raw in tqdm(family.weights(ckpt, model_cfg), total=len(ckpt.tensor_names()), desc="loading weights",
                             unit="tensor", disable=None, leave=False):
         param = expected.get(target)
@@ -81,6 +83,8 @@ def _load_weights(model: nn.Module, family: Any, ckpt: Any, model_cfg: Any, path
             raise ModelFileError(path, f"unexpected tensor {raw.name!r} for architecture {arch!r}")
         if tuple(param.shape) != tuple(raw.shape):
             raise ModelFileError(path, f"tensor {raw.name!r} has shape {list(raw.shape)}, expected {list(param.shape)}")
+        if isq is not None:
+            raw = isq(target, raw, weight_role(model, target, tied))
         layer = _packable(model, target) if mode == "packed" else None
         if layer is not None:
             need_rows = isinstance(layer, Embedding) or target in tied.values()
@@ -97,12 +101,15 @@ def _load_weights(model: nn.Module, family: Any, ckpt: Any, model_cfg: Any, path
         else:
             _set_parameter(model, alias, model.get_parameter(source))
         loaded.add(alias)
+    if isq is not None:
+        isq.log_summary()
     missing = sorted(set(expected) - loaded)
     if missing:
         raise ModelFileError(path, f"missing tensors for {arch!r}: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
 
 
-def load_model(cfg: ModelConfig, regs: Registries | None = None) -> LoadedModel:
+def load_model(cfg: ModelConfig, regs: Registries | None = None, quant: QuantConfig | None = None) -> LoadedModel:
+    """``quant``: in-situ quantization of the checkpoint's float weights (None or type none: off)."""
     start = time.perf_counter()
     regs = regs or registries()
     path = resolve_source(cfg.source, sha256=cfg.sha256, revision=cfg.revision)
@@ -122,7 +129,7 @@ def load_model(cfg: ModelConfig, regs: Registries | None = None) -> LoadedModel:
 
     with torch.device("meta"):
         model = family.build(model_cfg)
-    _load_weights(model, family, ckpt, model_cfg, path, spec.name, dtype, device, weights_mode(cfg))
+    _load_weights(model, family, ckpt, model_cfg, path, spec.name, dtype, device, weights_mode(cfg), quant)
     max_seq_len = cfg.max_seq_len or min(DEFAULT_MAX_SEQ_LEN, model_cfg.max_position_embeddings)
     model.prepare(max_seq_len, device, dtype)
     model.eval()

@@ -32,3 +32,17 @@ def register_quant_types(register):
             dequantize=f"mistralrs.engine.quant.dequant:dequantize_{name.lower()}",
             description=description,
         ))
+
+
+@hookimpl
+def register_configs(config_store):
+    """``quant=<type>`` presets for in-situ quantization: ``quant=q4_k``, ``quant=q8_0``, ... and the
+    widths ``quant=2|3|4|5|6|8`` (the K-type of that width, 8 -> q8_0, as mistral.rs's ``--isq``)."""
+    from mistralrs.conf.schema import QuantConfig
+
+    from .quantize_types import ISQ_BY_BITS, ISQ_TYPES
+
+    for name in ISQ_TYPES:
+        config_store.store(group="quant", name=name.lower(), node=QuantConfig(type=name.lower()))
+    for bits, name in ISQ_BY_BITS.items():
+        config_store.store(group="quant", name=str(bits), node=QuantConfig(type=name.lower()))

@@ -1,0 +1,134 @@
+"""In-situ quantization (ISQ): float weights quantized to GGUF blocks while a model loads.
+
+``quant=q4_k`` (or ``quant=4``) turns each float 2-D linear weight the loader hands over into a
+``RawTensor`` of GGUF blocks, which then takes the same path as a GGUF file's quantized weights
+(``packed_weight``: the C++ kernel on CPU, blocks on GPUs). What is quantized, and to what:
+
+* only the weights of ``Linear`` layers (and, with ``quant.embeddings=true``, the token embeddings
+  and the output head); norms, biases and other 1-D tensors stay float, and so does an MoE router
+  (llama.cpp's quantizer leaves ``ffn_gate_inp`` alone too);
+* the token embeddings and the output head (and a head tied to the embeddings) stay float unless
+  ``quant.embeddings=true``, as mistral.rs keeps them at higher precision;
+* tensors that are already quantized (a Q4_K GGUF, say) keep their own type: ISQ only applies to
+  float (F32/F16/BF16) tensors;
+* a K-type needs rows of whole 256-element super-blocks; other tensors get llama.cpp's fallback
+  (quantize_types.LLAMA_CPP_FALLBACK), or stay float when even that does not fit.
+
+The load log says which tensor got which type (INFO) and ends with a one-line summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+import torch
+
+from ..formats.checkpoint import RawTensor
+from .dequant import dequantize
+from .quantize import quantize, single_threaded
+from .quantize_types import BLOCK_SIZE, isq_target_type, resolve_isq_type
+from .weights import FLOAT_TYPES
+
+log = logging.getLogger(__name__)
+HEAD_NAMES = ("lm_head", "output", "embed_out")  # module names of output heads
+
+
+def weight_role(model: torch.nn.Module, target: str, tied: dict[str, str]) -> str:
+    """What a parameter is, for ISQ: ``linear``, ``embedding`` (token embeddings, output head, or
+    either of a tied pair), ``router`` (an MoE gate) or ``other`` (norms, biases, ...)."""
+    from ..layers.linear import Embedding, Linear
+    from ..layers.moe import SparseMoE
+
+    owner_name, _, attr = target.rpartition(".")
+    owner = model.get_submodule(owner_name) if owner_name else model
+    if attr != "weight" or not isinstance(owner, (Linear, Embedding)):
+        return "other"
+    if isinstance(owner, Embedding) or target in tied or target in tied.values():
+        return "embedding"
+    parent_name, _, leaf = owner_name.rpartition(".")
+    if leaf in HEAD_NAMES:
+        return "embedding"
+    parent = model.get_submodule(parent_name) if parent_name else model
+    if isinstance(parent, SparseMoE) and owner is parent.gate:
+        return "router"
+    return "linear"
+
+
+class InSituQuantizer:
+    """Quantizes the loader's float weights to one GGML type (with llama.cpp's fallbacks)."""
+
+    def __init__(self, qtype: str, *, embeddings: bool = False, device: torch.device | None = None):
+        if qtype not in BLOCK_SIZE:
+            raise ValueError(f"in-situ quantization cannot produce {qtype!r}")
+        self.qtype = qtype
+        self.embeddings = embeddings
+        # Quantize where the weights will live when that is an accelerator (much faster there).
+        self.work_device = device if device is not None and device.type == "cuda" else torch.device("cpu")
+        self.counts: Counter[str] = Counter()
+        self.seconds = 0.0
+
+    @classmethod
+    def from_config(cls, cfg: Any, device: torch.device | None = None) -> "InSituQuantizer | None":
+        """From a ``QuantConfig`` (or None): None when it asks for no quantization."""
+        if cfg is None:
+            return None
+        qtype = resolve_isq_type(getattr(cfg, "type", None))
+        if qtype is None:
+            return None
+        return cls(qtype, embeddings=bool(getattr(cfg, "embeddings", False)), device=device)
+
+    def __call__(self, target: str, raw: RawTensor, role: str) -> RawTensor:
+        """``raw`` quantized when ISQ applies to it, else ``raw`` itself (the reason logged)."""
+        if role == "other" or len(raw.shape) != 2:
+            return raw
+        if raw.qtype not in FLOAT_TYPES:
+            self.counts[f"{raw.qtype} (already quantized)"] += 1
+            log.info("ISQ: %s is %s in the checkpoint; kept as it is", target, raw.qtype)
+            return raw
+        if role == "router" or (role == "embedding" and not self.embeddings):
+            self.counts[f"{raw.qtype} (kept float)"] += 1
+            why = "MoE router" if role == "router" else "embeddings/output head (quant.embeddings=false)"
+            log.info("ISQ: %s kept %s: %s", target, raw.qtype, why)
+            return raw
+        rows, cols = raw.shape
+        qtype = isq_target_type(self.qtype, cols)
+        if qtype is None:
+            self.counts[f"{raw.qtype} (kept float, no fitting type)"] += 1
+            log.info("ISQ: %s kept %s: rows of %d are not a multiple of %d (%s) nor of its fallback's block",
+                     target, raw.qtype, cols, BLOCK_SIZE[self.qtype], self.qtype)
+            return raw
+        start = time.perf_counter()
+        with single_threaded(self.work_device):
+            weight = self._float(raw)
+            if not bool(torch.isfinite(weight).all()):
+                raise ValueError(f"{target}: weight {raw.name!r} holds NaN or infinite values; cannot quantize it")
+            data = quantize(weight, qtype)
+        self.seconds += time.perf_counter() - start
+        if qtype != self.qtype:
+            self.counts[f"{qtype} (fallback)"] += 1
+            log.info("ISQ: %s [%d x %d] -> %s: rows of %d are not a multiple of %d (%s); llama.cpp's fallback",
+                     target, rows, cols, qtype, cols, BLOCK_SIZE[self.qtype], self.qtype)
+        else:
+            self.counts[qtype] += 1
+            log.info("ISQ: %s [%d x %d] -> %s", target, rows, cols, qtype)
+        return RawTensor(raw.name, qtype, (rows, cols), data)
+
+    def _float(self, raw: RawTensor) -> torch.Tensor:
+        if raw.data.dtype != torch.uint8:
+            t = raw.data.reshape(raw.shape)
+        else:  # F16/BF16/F32 stored as bytes
+            t = dequantize(raw.data, raw.qtype, raw.shape)
+        return t.to(device=self.work_device)
+
+    def summary(self) -> str:
+        def order(kind: str) -> int:  # the asked-for type, its fallbacks, then what stayed as it was
+            return 0 if kind == self.qtype else 1 if "fallback)" in kind else 2
+
+        parts = ", ".join(f"{n} {kind}" for kind, n in sorted(self.counts.items(), key=lambda kv: (order(kv[0]), -kv[1])))
+        return f"in-situ quantization to {self.qtype}: {parts or 'no tensors'}; {self.seconds:.2f}s quantizing"
+
+    def log_summary(self) -> None:
+        log.info("%s", self.summary())
