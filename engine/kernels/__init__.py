@@ -18,6 +18,7 @@ import torch
 
 log = logging.getLogger(__name__)
 SOURCES = sorted(Path(__file__).parent.glob("*.cpp"))
+CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]
 # GGML type ids the C++ matmul reads directly
 NATIVE_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
 
@@ -26,7 +27,7 @@ def _build_dir() -> Path:
     digest = hashlib.sha256()
     for src in SOURCES:
         digest.update(src.read_bytes())
-    digest.update(f"{torch.__version__} {platform.machine()} {torch.backends.cpu.get_cpu_capability()}".encode())
+    digest.update(f"{torch.__version__} {platform.machine()} {torch.backends.cpu.get_cpu_capability()} {CFLAGS}".encode())
     root = os.environ.get("MISTRALRS_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mistralrs"
     path = Path(root) / "kernels" / digest.hexdigest()[:16]
     path.mkdir(parents=True, exist_ok=True)
@@ -49,9 +50,10 @@ def native_ops():
     try:
         from torch.utils.cpp_extension import load
 
-        flags = ["-O3", "-march=native", "-fno-math-errno"]
-        load(name="mistralrs_kernels", sources=[str(s) for s in SOURCES], extra_cflags=flags,
-             build_directory=str(_build_dir()), is_python_module=False, verbose=False)
+        # -fopenmp: at::parallel_for is a header template, serial unless the extension itself is built
+        # with OpenMP; it then binds to the libgomp.so.1 torch has already loaded (one thread pool).
+        load(name="mistralrs_kernels", sources=[str(s) for s in SOURCES], extra_cflags=CFLAGS,
+             extra_ldflags=["-fopenmp"], build_directory=str(_build_dir()), is_python_module=False, verbose=False)
         return torch.ops.mistralrs_kernels
     except Exception as exc:  # no compiler / ninja / headers: the torch paths still work
         log.warning("native kernels unavailable (%s: %s); using torch kernels", type(exc).__name__, str(exc)[:300])
