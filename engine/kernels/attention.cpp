@@ -17,35 +17,114 @@
 
 namespace {
 
-inline float dot(const float* a, const float* b, int64_t n) {
-  int64_t i = 0;
-  float acc = 0.f;
 #ifdef MRS_AVX2
-  __m256 v = _mm256_setzero_ps();
-  for (; i + 8 <= n; i += 8) v = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), v);
+inline float hsum(__m256 v) {
   __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
   lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
-  acc = _mm_cvtss_f32(lo);
-#endif
-  for (; i < n; ++i) acc += a[i] * b[i];
-  return acc;
+  return _mm_cvtss_f32(lo);
 }
 
-inline void axpy(float w, const float* x, float* y, int64_t n) {  // y += w * x
-  int64_t i = 0;
-#ifdef MRS_AVX2
-  const __m256 wv = _mm256_set1_ps(w);
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+// exp(x) for x <= 0 (softmax after subtracting the max): 2^(x log2 e) split into an integer power
+// and a degree-6 polynomial on [-0.5, 0.5]; relative error ~2e-7.
+inline __m256 exp_ps(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+  const __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
+  const __m256 k = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 f = _mm256_mul_ps(_mm256_sub_ps(t, k), _mm256_set1_ps(0.69314718055994531f));  // in [-ln2/2, ln2/2]
+  __m256 p = _mm256_set1_ps(1.f / 720);
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f / 120));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f / 24));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f / 6));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f));
+  const __m256i pow2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(pow2));
+}
 #endif
-  for (; i < n; ++i) y[i] += w * x[i];
+
+// scores[j] = scale * q . k_j for the n keys at rows s[j] (stride `row` floats) of `keys`
+void key_scores(const float* q, const float* keys, const int64_t* s, int64_t row, int64_t n, int64_t D, float scale,
+                float* scores) {
+  int64_t j = 0;
+#ifdef MRS_AVX2
+  if (D % 8 == 0) {
+    for (; j + 4 <= n; j += 4) {  // four keys at once: independent accumulators hide FMA latency
+      const float *k0 = keys + s[j] * row, *k1 = keys + s[j + 1] * row, *k2 = keys + s[j + 2] * row,
+                  *k3 = keys + s[j + 3] * row;
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (int64_t d = 0; d < D; d += 8) {
+        const __m256 qv = _mm256_loadu_ps(q + d);
+        a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + d), a0);
+        a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k1 + d), a1);
+        a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k2 + d), a2);
+        a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k3 + d), a3);
+      }
+      scores[j] = scale * hsum(a0);
+      scores[j + 1] = scale * hsum(a1);
+      scores[j + 2] = scale * hsum(a2);
+      scores[j + 3] = scale * hsum(a3);
+    }
+  }
+#endif
+  for (; j < n; ++j) {
+    const float* k = keys + s[j] * row;
+    float acc = 0.f;
+    for (int64_t d = 0; d < D; ++d) acc += q[d] * k[d];
+    scores[j] = scale * acc;
+  }
+}
+
+// scores -> probabilities in place
+void softmax(float* x, int64_t n) {
+  float mx = x[0];
+  for (int64_t j = 1; j < n; ++j) mx = std::max(mx, x[j]);
+  float total = 0.f;
+  int64_t j = 0;
+#ifdef MRS_AVX2
+  __m256 acc = _mm256_setzero_ps();
+  const __m256 m = _mm256_set1_ps(mx);
+  for (; j + 8 <= n; j += 8) {
+    const __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), m));
+    _mm256_storeu_ps(x + j, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  total = hsum(acc);
+#endif
+  for (; j < n; ++j) total += (x[j] = std::exp(x[j] - mx));
+  const float inv = 1.f / total;
+  for (j = 0; j < n; ++j) x[j] *= inv;
+}
+
+// out[0:D) = sum_j p[j] * v_j, accumulating 64 columns at a time in registers
+void weighted_values(const float* p, const float* values, const int64_t* s, int64_t row, int64_t n, int64_t D,
+                     float* out) {
+  int64_t d0 = 0;
+#ifdef MRS_AVX2
+  for (; d0 + 64 <= D; d0 += 64) {
+    __m256 o[8];
+    for (int i = 0; i < 8; ++i) o[i] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < n; ++j) {
+      const __m256 w = _mm256_set1_ps(p[j]);
+      const float* v = values + s[j] * row + d0;
+      for (int i = 0; i < 8; ++i) o[i] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 8 * i), o[i]);
+    }
+    for (int i = 0; i < 8; ++i) _mm256_storeu_ps(out + d0 + 8 * i, o[i]);
+  }
+#endif
+  for (int64_t d = d0; d < D; ++d) {
+    float acc = 0.f;
+    for (int64_t j = 0; j < n; ++j) acc += p[j] * values[s[j] * row + d];
+    out[d] = acc;
+  }
 }
 
 }  // namespace
 
 // q: float32 [B, Hq, D] (rows may be strided); caches: float32 [S, Hkv, D] contiguous;
 // slots: int64 [B, L] cache slots of positions 0..lens[b]-1 (padding beyond); window: attend to the
-// last `window` positions only (0 = all). Returns [B, Hq, D].
+// last `window` positions only (0 = all). Returns [B, Hq, Dv]. One task per (sequence, query head).
 torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots,
                                torch::Tensor lens, double scale, int64_t window) {
   TORCH_CHECK(q.dim() == 3 && q.scalar_type() == torch::kFloat32 && q.stride(2) == 1, "decode_attention: q [B, H, D] float32");
@@ -62,31 +141,16 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Te
   const int64_t *sp = slots.data_ptr<int64_t>(), *lp = lens.data_ptr<int64_t>();
   float* op = out.data_ptr<float>();
   const int64_t qs0 = q.stride(0), qs1 = q.stride(1), krow = Hkv * D, vrow = Hkv * Dv;
-  at::parallel_for(0, B * Hkv, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores;
+  at::parallel_for(0, B * Hq, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(L);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / Hkv, g = task % Hkv, len = lp[b];
+      const int64_t b = task / Hq, h = task % Hq, g = h / rep, len = lp[b];
       const int64_t first = window > 0 ? std::max<int64_t>(0, len - window) : 0, n = len - first;
       if (n <= 0) continue;
-      scores.assign(rep * n, 0.f);
       const int64_t* s = sp + b * L + first;
-      for (int64_t j = 0; j < n; ++j) {
-        const float* krow_p = kp + s[j] * krow + g * D;
-        for (int64_t r = 0; r < rep; ++r)
-          scores[r * n + j] = float(scale) * dot(qp + b * qs0 + (g * rep + r) * qs1, krow_p, D);
-      }
-      for (int64_t r = 0; r < rep; ++r) {
-        float* sc = scores.data() + r * n;
-        const float mx = *std::max_element(sc, sc + n);
-        float total = 0.f;
-        for (int64_t j = 0; j < n; ++j) total += (sc[j] = std::exp(sc[j] - mx));
-        const float inv = 1.f / total;
-        for (int64_t j = 0; j < n; ++j) sc[j] *= inv;
-      }
-      for (int64_t j = 0; j < n; ++j) {
-        const float* vrow_p = vp + s[j] * vrow + g * Dv;
-        for (int64_t r = 0; r < rep; ++r) axpy(scores[r * n + j], vrow_p, op + (b * Hq + g * rep + r) * Dv, Dv);
-      }
+      key_scores(qp + b * qs0 + h * qs1, kp + g * D, s, krow, n, D, float(scale), scores.data());
+      softmax(scores.data(), n);
+      weighted_values(scores.data(), vp + g * Dv, s, vrow, n, Dv, op + (b * Hq + h) * Dv);
     }
   });
   return out;
