@@ -17,6 +17,7 @@ from mistralrs.registry import Registries, registries, resolve
 
 from .devices import pick_device, pick_dtype
 from .formats.checkpoint import ModelFileError
+from .kernels import native_ops
 from .layers.linear import Embedding, Linear
 from .quant.isq import InSituQuantizer, weight_role
 from .quant.weights import dense_from_raw, packed_weight
@@ -126,6 +127,8 @@ def load_model(cfg: ModelConfig, regs: Registries | None = None, quant: QuantCon
     arch_name = family.owner(model_cfg).name if hasattr(family, "owner") else spec.name
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
+    if device.type == "cpu":
+        native_ops()  # compile/load the kernels now, not inside the first request
 
     with torch.device("meta"):
         model = family.build(model_cfg)

@@ -7,6 +7,8 @@ build fails once, is logged, and callers fall back to pure-torch paths.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import logging
@@ -42,6 +44,20 @@ def fast_ops(*tensors: torch.Tensor):
     return native_ops()
 
 
+@contextlib.contextmanager
+def _exclusive_build(build_dir: Path):
+    """torch's builder guards a build with a plain ``lock`` file and waits forever while it exists, so a
+    build killed midway (Ctrl-C, a timeout) would hang every later process. An OS lock is released when
+    its holder dies: whoever holds it is the only builder, and any ``lock`` file it finds is stale."""
+    with open(build_dir / "build.flock", "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        try:
+            (build_dir / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(guard, fcntl.LOCK_UN)
+
+
 @functools.cache
 def native_ops():
     """``torch.ops.mistralrs_kernels`` once built and loaded, else None (reason logged)."""
@@ -50,10 +66,13 @@ def native_ops():
     try:
         from torch.utils.cpp_extension import load
 
+        build_dir = _build_dir()
+        log.info("loading native kernels from %s (compiled on first use: about a minute)", build_dir)
         # -fopenmp: at::parallel_for is a header template, serial unless the extension itself is built
         # with OpenMP; it then binds to the libgomp.so.1 torch has already loaded (one thread pool).
-        load(name="mistralrs_kernels", sources=[str(s) for s in SOURCES], extra_cflags=CFLAGS,
-             extra_ldflags=["-fopenmp"], build_directory=str(_build_dir()), is_python_module=False, verbose=False)
+        with _exclusive_build(build_dir):
+            load(name="mistralrs_kernels", sources=[str(s) for s in SOURCES], extra_cflags=CFLAGS,
+                 extra_ldflags=["-fopenmp"], build_directory=str(build_dir), is_python_module=False, verbose=False)
         return torch.ops.mistralrs_kernels
     except Exception as exc:  # no compiler / ninja / headers: the torch paths still work
         log.warning("native kernels unavailable (%s: %s); using torch kernels", type(exc).__name__, str(exc)[:300])
