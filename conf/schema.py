@@ -31,6 +31,12 @@ class ModelConfig:
     # Mistral GGUF files, which record none (without it they run full attention, as in llama.cpp)
     sliding_window: Optional[int] = None
     revision: Optional[str] = None  # for hub ids
+    # Legacy GGML files (ggml/ggmf/ggjt) only; GGUF and HF files record these themselves. The legacy
+    # header has no KV-head count: KV heads = heads / gqa (8 for Llama-2-70B; 1 = plain multi-head).
+    # Unset, it is read off the K projection's shape; set, it must agree with that shape.
+    gqa: Optional[int] = None
+    rope_freq_base: float = 10000.0  # RoPE theta (llama's)
+    rms_norm_eps: float = 5e-6  # llama.cpp's converter default; Llama 1 used 1e-6, Llama 2 1e-5
 
 
 @dataclass

@@ -41,11 +41,17 @@ class LoadedModel:
     load_seconds: float
 
 
-def open_checkpoint(path: Path, regs: Registries) -> Any:
+def open_checkpoint(path: Path, regs: Registries, options: ModelConfig | None = None) -> Any:
+    """``options``: the user's model options, handed to a checkpoint's ``configure(options)`` hook when it has
+    one (legacy GGML files take the hyper-parameters their header lacks from them)."""
     known_types = set(regs.quant_types.names())
     for entry in regs.formats:
         if resolve(entry.spec.detect)(path):
-            return resolve(entry.spec.open)(path, known_types)
+            ckpt = resolve(entry.spec.open)(path, known_types)
+            configure = getattr(ckpt, "configure", None)
+            if options is not None and configure is not None:
+                configure(options)
+            return ckpt
     formats = ", ".join(regs.formats.names())
     raise ModelFileError(path, f"not a recognized model ({formats}): expected a .gguf file or a directory with config.json")
 
@@ -114,7 +120,7 @@ def load_model(cfg: ModelConfig, regs: Registries | None = None, quant: QuantCon
     start = time.perf_counter()
     regs = regs or registries()
     path = resolve_source(cfg.source, sha256=cfg.sha256, revision=cfg.revision)
-    ckpt = open_checkpoint(path, regs)
+    ckpt = open_checkpoint(path, regs, cfg)
     hint = ckpt.architecture()
     spec = regs.architectures.get(cfg.architecture) if cfg.architecture else None
     if spec is None or (hint.gguf and hint.gguf not in spec.gguf_architectures) or (hint.hf and not set(hint.hf) & set(spec.hf_architectures)):
@@ -136,11 +142,13 @@ def load_model(cfg: ModelConfig, regs: Registries | None = None, quant: QuantCon
     max_seq_len = cfg.max_seq_len or min(DEFAULT_MAX_SEQ_LEN, model_cfg.max_position_embeddings)
     model.prepare(max_seq_len, device, dtype)
     model.eval()
-    tokenizer = ckpt.tokenizer()
-    if cfg.tokenizer:
+    if cfg.tokenizer:  # the override replaces the file's vocabulary, which then need not even be readable
         from .tokenizer.hf_vocab import tokenizer_from_hf_dir
 
-        tokenizer = tokenizer_from_hf_dir(Path(cfg.tokenizer))
+        override = Path(cfg.tokenizer)
+        tokenizer = tokenizer_from_hf_dir(override.parent if override.is_file() else override)
+    else:
+        tokenizer = ckpt.tokenizer()
     if cfg.chat_template:
         template = Path(cfg.chat_template)
         tokenizer.chat_template = template.read_text() if template.is_file() else cfg.chat_template

@@ -21,12 +21,20 @@ def resolve_source(source: str, *, sha256: str | None = None, revision: str | No
             raise ModelFileError(source, str(exc)) from exc
     path = Path(os.path.expanduser(source))
     if path.exists():
-        if path.is_file() and path.suffix in PICKLE_SUFFIXES:
+        if path.is_file() and path.suffix in PICKLE_SUFFIXES and not _legacy_ggml(path):
             refuse_pickle(path)
         return path
     if _looks_like_hub_id(source):
         return _from_hub_cache(source, revision)
     raise ModelFileError(source, "no such file or directory")
+
+
+def _legacy_ggml(path: Path) -> bool:
+    """Legacy GGML files were usually named *.bin; their magic tells them from pickles."""
+    from .formats.ggml_parse import MAGICS
+
+    with path.open("rb") as f:
+        return f.read(4) in MAGICS
 
 
 def _looks_like_hub_id(source: str) -> bool:

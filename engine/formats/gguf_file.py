@@ -24,7 +24,48 @@ def detect(path: Path) -> bool:
         return f.read(4) == MAGIC
 
 
-class GGUFCheckpoint:
+class GGUFLayoutCheckpoint:
+    """Tensors with GGUF names and types, as zero-copy views of a memory map, and a tokenizer from
+    GGUF metadata: GGUF files, and the legacy GGML files that present themselves as GGUF ones.
+    A subclass sets ``path``, ``metadata``, ``_entries`` (name -> entry with qtype, shape, offset,
+    n_bytes) and ``_bytes`` (the map as uint8)."""
+
+    path: Path
+    metadata: dict[str, Any]
+    _entries: dict[str, Any]
+    _bytes: np.ndarray
+
+    def tensor_names(self) -> list[str]:
+        return list(self._entries)
+
+    def tensor(self, name: str) -> RawTensor:
+        e = self._entries[name]
+        data = self._bytes[e.offset : e.offset + e.n_bytes]
+        if e.qtype in _TYPED:
+            if e.offset % np.dtype(_TYPED[e.qtype]).itemsize:  # unpadded legacy GGML data: copy, never view unaligned
+                data = data.copy()
+            data = data.view(_TYPED[e.qtype]).reshape(e.shape)
+        with warnings.catch_warnings():  # the map is read-only and nothing writes to these views
+            warnings.simplefilter("ignore", UserWarning)
+            return RawTensor(name, e.qtype, e.shape, torch.from_numpy(data))
+
+    def tensors(self) -> Iterator[RawTensor]:
+        for name in self._entries:
+            yield self.tensor(name)
+
+    def file_tensor_bytes(self) -> int:
+        return sum(e.n_bytes for e in self._entries.values())
+
+    def tokenizer(self) -> Any:
+        from ..tokenizer.gguf_vocab import tokenizer_from_gguf
+
+        try:
+            return tokenizer_from_gguf(self.metadata)
+        except ValueError as exc:
+            raise ModelFileError(self.path, f"tokenizer: {exc}") from exc
+
+
+class GGUFCheckpoint(GGUFLayoutCheckpoint):
     format = "gguf"
 
     def __init__(self, path: Path, known_types: set[str] | None = None):
@@ -32,7 +73,7 @@ class GGUFCheckpoint:
         with self.path.open("rb") as f:
             magic = f.read(4)
             if magic in LEGACY_MAGICS:
-                raise ModelFileError(self.path, f"legacy {LEGACY_MAGICS[magic]} file; legacy GGML loading is not supported yet")
+                raise ModelFileError(self.path, f"legacy {LEGACY_MAGICS[magic]} file, not GGUF (the ggml format reads it)")
             if magic != MAGIC:
                 raise ModelFileError(self.path, f"not a GGUF file (magic {magic!r}, expected {MAGIC!r})")
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -58,34 +99,6 @@ class GGUFCheckpoint:
         if not isinstance(arch, str):
             raise ModelFileError(self.path, "GGUF metadata has no general.architecture")
         return ArchitectureHint(gguf=arch)
-
-    def tensor_names(self) -> list[str]:
-        return list(self._entries)
-
-    def tensor(self, name: str) -> RawTensor:
-        e = self._entries[name]
-        data = self._bytes[e.offset : e.offset + e.n_bytes]
-        if e.qtype in _TYPED:
-            data = data.view(_TYPED[e.qtype]).reshape(e.shape)
-        with warnings.catch_warnings():  # the map is read-only and nothing writes to these views
-            warnings.simplefilter("ignore", UserWarning)
-            return RawTensor(name, e.qtype, e.shape, torch.from_numpy(data))
-
-    def tensors(self) -> Iterator[RawTensor]:
-        for name in self._entries:
-            yield self.tensor(name)
-
-    def file_tensor_bytes(self) -> int:
-        return sum(e.n_bytes for e in self._entries.values())
-
-    def tokenizer(self) -> Any:
-        from ..tokenizer.gguf_vocab import tokenizer_from_gguf
-
-        try:
-            return tokenizer_from_gguf(self.metadata)
-        except ValueError as exc:
-            raise ModelFileError(self.path, f"tokenizer: {exc}") from exc
-
 
 def open_gguf(path: Path, known_types: set[str] | None = None) -> GGUFCheckpoint:
     return GGUFCheckpoint(path, known_types)

@@ -12,6 +12,12 @@ def register_formats(register):
         description="GGUF v2/v3 (llama.cpp), memory-mapped",
     ))
     register(FormatSpec(
+        name="ggml",
+        detect="mistralrs.engine.formats.ggml_file:detect",
+        open="mistralrs.engine.formats.ggml_file:open_ggml",
+        description="legacy GGML llama files: ggml, ggmf v1, ggjt v1-v3 (options model.gqa, rope_freq_base, rms_norm_eps)",
+    ))
+    register(FormatSpec(
         name="safetensors",
         detect="mistralrs.engine.formats.safetensors_dir:detect",
         open="mistralrs.engine.formats.safetensors_dir:open_safetensors",

@@ -18,6 +18,8 @@ TIED = {"lm_head.weight": "model.embed_tokens.weight"}
 # llama.cpp stores Mixtral-style MoE models as GGUF architecture "llama" with "llama.expert_count";
 # such files are handed to the family registered under this name.
 GGUF_MOE_ARCHITECTURE = "mixtral"
+# formats whose checkpoints carry GGUF tensor names and metadata (legacy GGML files are presented so)
+GGUF_LAYOUT_FORMATS = ("gguf", "ggml")
 
 
 def registered_family(name: str) -> Any:
@@ -44,7 +46,7 @@ class LlamaFamily:
     # --- the loader's interface ----------------------------------------------------------------
     def config(self, ckpt: Any) -> LlamaConfig:
         try:
-            if ckpt.format == "gguf":
+            if ckpt.format in GGUF_LAYOUT_FORMATS:
                 arch = ckpt.metadata["general.architecture"]
                 if not self.moe_in_gguf_llama and gguf_expert_count(ckpt.metadata, arch):
                     return registered_family(GGUF_MOE_ARCHITECTURE).config(ckpt)
@@ -77,7 +79,7 @@ class LlamaFamily:
 
     def weights(self, ckpt: Any, cfg: LlamaConfig) -> Iterator[tuple[str, RawTensor]]:
         owner = self.owner(cfg)
-        if ckpt.format == "gguf":
+        if ckpt.format in GGUF_LAYOUT_FORMATS:
             return owner.gguf_weights(ckpt, cfg)
         return owner.hf_weights(ckpt, cfg)
 
