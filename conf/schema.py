@@ -50,6 +50,21 @@ class QuantConfig:
 
 
 @dataclass
+class AdapterConfig:
+    # none | lora (PEFT LoRA adapters) | xlora (X-LoRA: LoRA adapters mixed per token by a classifier)
+    kind: str = "none"
+    # lora: a PEFT adapter directory, or several joined by ","; xlora: the X-LoRA directory
+    # (mistral.rs's xlora_config.json + xlora_classifier.safetensors, or PEFT's adapter_config.json
+    # with peft_type XLORA + peft_classifier.safetensors)
+    source: Optional[str] = None
+    ordering: Optional[str] = None  # xlora: mistral.rs's ordering file (relative paths: from source)
+    adapters_dir: Optional[str] = None  # xlora: where the adapter folders are when not inside source
+    merge: bool = True  # lora: add B·A into the weights at load (float weights) instead of per call
+    # xlora: freeze each sequence's scalings after this many generated tokens and skip the scaling pass
+    tgt_non_granular_index: Optional[int] = None
+
+
+@dataclass
 class EngineConfig:
     threads: Optional[int] = None  # torch intra-op threads; default: all cores
     max_seqs: int = 16  # sequences decoded together
@@ -118,6 +133,7 @@ class Config:
     log_level: str = "WARNING"
     model: ModelConfig = field(default_factory=ModelConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
@@ -129,3 +145,4 @@ def register_schema(config_store: Any) -> None:
     """Store the schema so config.yaml can extend it and presets are type-checked."""
     config_store.store(name="schema", node=Config)
     config_store.store(group="quant", name="none", node=QuantConfig(type="none"))
+    config_store.store(group="adapter", name="none", node=AdapterConfig(kind="none"))

@@ -53,7 +53,7 @@ class LLM:
         config = to_schema(cfg)
         if config.engine.threads:
             torch.set_num_threads(config.engine.threads)
-        return cls(config, load_model(config.model, quant=config.quant))
+        return cls(config, load_model(config.model, quant=config.quant, adapter=config.adapter))
 
     @property
     def tokenizer(self) -> Any:

@@ -87,7 +87,8 @@ class KVBlockPool:
         Prompt logprobs need every position computed, so those requests reuse nothing."""
         if seq.params.prompt_logprobs is not None:
             return [[] for _ in range(self.num_caches)]
-        hits = [self._cached_prefix(seq.all_ids, c) for c in range(self.num_caches)]
+        tokens = seq.all_ids if seq.max_hashed_tokens is None else seq.all_ids[: seq.max_hashed_tokens + 1]
+        hits = [self._cached_prefix(tokens, c) for c in range(self.num_caches)]
         keep = min(len(h) for h in hits)
         return [h[:keep] for h in hits]
 
@@ -121,7 +122,8 @@ class KVBlockPool:
 
     def register_full_blocks(self, seq: Sequence) -> None:
         """Hash the blocks whose tokens are all computed so later prompts can reuse them."""
-        full = seq.num_cached // self.block_size
+        hashable = seq.num_cached if seq.max_hashed_tokens is None else min(seq.num_cached, seq.max_hashed_tokens)
+        full = hashable // self.block_size
         if full <= seq.hashed_blocks:
             return
         tokens = seq.all_ids

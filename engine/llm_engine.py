@@ -50,7 +50,7 @@ class LLMEngine:
         model = loaded.model
         self.num_caches = int(getattr(model, "num_kv_caches", 1))
         per_token = kv_bytes_per_token(model, loaded.dtype, self.num_caches)
-        tokens = cfg.kv_cache_tokens or min(cfg.max_seqs * loaded.max_seq_len,
+        tokens = cfg.kv_cache_tokens or min(cfg.max_seqs * loaded.max_seq_len * self.num_caches,
                                             int(cfg.kv_cache_memory_gb * 2**30 // per_token))
         num_blocks = max(1, tokens // cfg.block_size)
         self.pool = KVBlockPool(num_blocks, cfg.block_size, self.num_caches)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from mistralrs.conf.schema import ModelConfig, QuantConfig
+from mistralrs.conf.schema import AdapterConfig, ModelConfig, QuantConfig
 from mistralrs.registry import Registries, registries, resolve
 
 from .devices import pick_device, pick_dtype
@@ -115,8 +115,10 @@ def _load_weights(model: nn.Module, family: Any, ckpt: Any, model_cfg: Any, path
         raise ModelFileError(path, f"missing tensors for {arch!r}: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
 
 
-def load_model(cfg: ModelConfig, regs: Registries | None = None, quant: QuantConfig | None = None) -> LoadedModel:
-    """``quant``: in-situ quantization of the checkpoint's float weights (None or type none: off)."""
+def load_model(cfg: ModelConfig, regs: Registries | None = None, quant: QuantConfig | None = None,
+               adapter: AdapterConfig | None = None) -> LoadedModel:
+    """``quant``: in-situ quantization of the checkpoint's float weights (None or type none: off);
+    ``adapter``: LoRA / X-LoRA adapters applied by the registered adapter kind (None or none: off)."""
     start = time.perf_counter()
     regs = regs or registries()
     path = resolve_source(cfg.source, sha256=cfg.sha256, revision=cfg.revision)
@@ -139,6 +141,8 @@ def load_model(cfg: ModelConfig, regs: Registries | None = None, quant: QuantCon
     with torch.device("meta"):
         model = family.build(model_cfg)
     _load_weights(model, family, ckpt, model_cfg, path, spec.name, dtype, device, weights_mode(cfg), quant)
+    if adapter is not None and adapter.kind != "none":  # may wrap the model (X-LoRA's dual pass)
+        model = resolve(regs.adapters.get(adapter.kind).apply)(model, adapter, device, dtype)
     max_seq_len = cfg.max_seq_len or min(DEFAULT_MAX_SEQ_LEN, model_cfg.max_position_embeddings)
     model.prepare(max_seq_len, device, dtype)
     model.eval()

@@ -23,9 +23,16 @@ class ModelRunner:
         ids: list[int] = []
         for s in scheduled:
             ids.extend(s.seq.all_ids[s.seq.num_cached : s.seq.num_cached + s.num_new])
-        batch = paged_batch([(s.seq.block_tables[0], s.seq.num_cached, s.num_new) for s in scheduled],
-                            self.pool.block_size, self.device)
-        hidden = self.model(torch.tensor(ids, device=self.device), batch, self.cache)
+        # One batch per KV cache the model keeps (X-LoRA: scaling pass, main pass); the last one is
+        # the pass whose hidden states give the logits.
+        batches = [paged_batch([(s.seq.block_tables[c], s.seq.num_cached, s.num_new) for s in scheduled],
+                               self.pool.block_size, self.device) for c in range(self.pool.num_caches)]
+        batch = batches[-1]
+        input_ids = torch.tensor(ids, device=self.device)
+        if len(batches) == 1:
+            hidden = self.model(input_ids, batch, self.cache)
+        else:
+            hidden = self.model(input_ids, batches, self.cache, seqs=[s.seq for s in scheduled])
         self._prompt_logprobs(scheduled, batch, hidden)
         due = [(s, seg) for s, seg in zip(scheduled, batch.segments) if s.sample]
         if not due:
@@ -59,6 +66,9 @@ def full_logits(model: torch.nn.Module, ids: list[int], dtype: torch.dtype, devi
     the engine's pool is untouched."""
     from .batch import contiguous_batch
 
-    cache = KVCache(model.cache_spec(), len(ids), dtype, device)
-    batch = contiguous_batch([0], [len(ids)], [0], [0], device)
-    return model.logits(model(torch.tensor(ids, device=device), batch, cache))
+    caches = int(getattr(model, "num_kv_caches", 1))
+    cache = KVCache(model.cache_spec(), len(ids) * caches, dtype, device)
+    batches = [contiguous_batch([0], [len(ids)], [0], [c * len(ids)], device) for c in range(caches)]
+    input_ids = torch.tensor(ids, device=device)
+    hidden = model(input_ids, batches[0], cache) if caches == 1 else model(input_ids, batches, cache)
+    return model.logits(hidden)

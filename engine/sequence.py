@@ -60,6 +60,10 @@ class Sequence:
     num_cached: int = 0  # tokens whose K/V is in the cache
     hashed_blocks: int = 0  # leading blocks registered for prefix reuse
     prefix_hit_tokens: int = 0
+    # Positions whose cached K/V are a function of the tokens alone; prefix reuse stops there
+    # (X-LoRA's frozen scalings make later positions depend on where the prompt ended).
+    max_hashed_tokens: int | None = None
+    adapter_state: Any = None  # per-sequence state of the model's adapter (X-LoRA: frozen scalings)
     finish_reason: str | None = None
     stops: StopStringFilter = field(init=False)
     prompt_logprobs: list[TokenLogprob | None] = field(default_factory=list)

@@ -10,14 +10,15 @@ import torch
 BYTE_VOCAB = 256 + 3  # <unk>, <s>, </s> + one token per byte
 
 
-def write_byte_tokenizer(path: Path, chat_template: str | None = None) -> None:
-    """A byte-level BPE tokenizer with no merges: ids 3.. are the 256 byte symbols."""
+def write_byte_tokenizer(path: Path, chat_template: str | None = None, vocab_size: int = BYTE_VOCAB) -> None:
+    """A byte-level BPE tokenizer with no merges: ids 3.. are the 256 byte symbols (a smaller
+    ``vocab_size`` drops the last ones, which then read as <unk>)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from tokenizers.pre_tokenizers import ByteLevel
 
     alphabet = ByteLevel.alphabet()
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
-    for ch in sorted(alphabet):
+    for ch in sorted(alphabet)[: vocab_size - len(vocab)]:
         vocab[ch] = len(vocab)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

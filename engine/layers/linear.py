@@ -70,19 +70,31 @@ class LinearGroup:
         self.reset()
 
     def reset(self) -> None:
-        self._planned, self._fused, self._layers = False, None, ()
+        self._planned, self._fused, self._layers, self._adapted = False, None, (), []
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
         if not self._planned:
             from mistralrs.engine.quant.weights import native_group
 
             self._layers = tuple(getattr(self.owner, n) for n in self.names)
+            # An adapter wrapping a layer (``base_layer`` + ``adapter_delta(x)``) keeps the fused base
+            # call; its low-rank term is added afterwards.
+            bases = [getattr(layer, "base_layer", layer) for layer in self._layers]
             plain = all(isinstance(layer, Linear) and layer.packed is not None and layer.bias is None
-                        for layer in self._layers)
-            self._fused = native_group([layer.packed for layer in self._layers]) if plain else None
+                        for layer in bases)
+            self._fused = native_group([layer.packed for layer in bases]) if plain else None
+            self._adapted = [(i, layer) for i, layer in enumerate(self._layers) if layer is not bases[i]]
             self._planned = True
         if self._fused is not None:
             out = self._fused(x)
             if out is not None:
-                return out
+                return self._add_adapters(x, out) if self._adapted else out
         return [layer(x) for layer in self._layers]
+
+    def _add_adapters(self, x: torch.Tensor, out) -> list[torch.Tensor]:
+        out = list(out)
+        for i, layer in self._adapted:
+            delta = layer.adapter_delta(x)
+            if delta is not None:
+                out[i] = out[i] + delta
+        return out
