@@ -77,11 +77,11 @@ class XLoraModel(nn.Module):
             rows = kept_rows(batch, keep)
             out[rows] = self.scalings(input_ids[rows], leading_tokens_batch(batch, keep), cache)
         for seq, seg, n, frozen in zip(seqs, batch.segments, keep, freeze_at):
-            if n == seg.q_len:
-                continue
             past = seg.ctx_len - seg.q_len
             if n > 0 and past + n == frozen:  # this step computed the last granular position
                 seq.adapter_state = out[seg.q_start + n - 1].clone()
+            if n == seg.q_len:
+                continue
             if seq.adapter_state is None:
                 raise RuntimeError(f"sequence {seq.seq_id}: X-LoRA scalings to freeze were never computed")
             out[seg.q_start + n : seg.q_start + seg.q_len] = seq.adapter_state
