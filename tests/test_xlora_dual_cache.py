@@ -40,11 +40,11 @@ def reference_logits(model, ids: list[int], freeze_at: int | None = None) -> tor
         scalings = model.scalings(x, contiguous_batch([0], [n], [0], [0], x.device), cache)
         if freeze_at is not None:
             scalings[freeze_at:] = scalings[freeze_at - 1]
-        model.mixer.scalings = scalings
+        model.mixer.main_pass(scalings, torch.float32)
         try:
             hidden = model.base(x, contiguous_batch([0], [n], [0], [n], x.device), cache)
         finally:
-            model.mixer.scalings = None
+            model.mixer.clear()
         return model.logits(hidden).log_softmax(-1)
 
 

@@ -70,31 +70,37 @@ class LinearGroup:
         self.reset()
 
     def reset(self) -> None:
-        self._planned, self._fused, self._layers, self._adapted = False, None, (), []
+        self._planned, self._fused, self._layers, self._adapter = False, None, (), None
+
+    def plan(self) -> None:
+        from mistralrs.engine.quant.weights import native_group
+
+        self._layers = tuple(getattr(self.owner, n) for n in self.names)
+        # An adapter wrapping a layer (``base_layer``, and ``fuse_group(layers)`` giving an object
+        # whose ``add_(out, x)`` adds its terms to the concatenated outputs) keeps the fused base call.
+        bases = [getattr(layer, "base_layer", layer) for layer in self._layers]
+        plain = all(isinstance(layer, Linear) and layer.packed is not None and layer.bias is None
+                    for layer in bases)
+        self._fused = native_group([layer.packed for layer in bases]) if plain else None
+        adapted = [layer for layer, base in zip(self._layers, bases) if layer is not base]
+        if adapted and self._fused is not None:
+            fuse = getattr(adapted[0], "fuse_group", None)
+            self._adapter = fuse(self._layers) if fuse is not None else None
+            if self._adapter is None:
+                self._fused = None  # each layer applies its own adapter
+        self._planned = True
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
         if not self._planned:
-            from mistralrs.engine.quant.weights import native_group
-
-            self._layers = tuple(getattr(self.owner, n) for n in self.names)
-            # An adapter wrapping a layer (``base_layer`` + ``adapter_delta(x)``) keeps the fused base
-            # call; its low-rank term is added afterwards.
-            bases = [getattr(layer, "base_layer", layer) for layer in self._layers]
-            plain = all(isinstance(layer, Linear) and layer.packed is not None and layer.bias is None
-                        for layer in bases)
-            self._fused = native_group([layer.packed for layer in bases]) if plain else None
-            self._adapted = [(i, layer) for i, layer in enumerate(self._layers) if layer is not bases[i]]
-            self._planned = True
+            self.plan()
         if self._fused is not None:
-            out = self._fused(x)
-            if out is not None:
-                return self._add_adapters(x, out) if self._adapted else out
+            if self._adapter is None:
+                out = self._fused(x)
+                if out is not None:
+                    return out
+            else:
+                flat = self._fused.concatenated(x)
+                if flat is not None:
+                    self._adapter.add_(flat, x)
+                    return flat.split(self._fused.rows, dim=-1)
         return [layer(x) for layer in self._layers]
-
-    def _add_adapters(self, x: torch.Tensor, out) -> list[torch.Tensor]:
-        out = list(out)
-        for i, layer in self._adapted:
-            delta = layer.adapter_delta(x)
-            if delta is not None:
-                out[i] = out[i] + delta
-        return out

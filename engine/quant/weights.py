@@ -109,9 +109,14 @@ class NativeGroup:
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor] | None:
         """The products, or None for a prefill-sized batch (each weight then goes its own way)."""
+        out = self.concatenated(x)
+        return None if out is None else out.split(self.rows, dim=-1)
+
+    def concatenated(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The products side by side [T, Σ rows] (an adapter adds its terms in one call), or None."""
         if x.dim() != 2 or x.dtype != torch.float32 or x.shape[0] > NATIVE_MAX_ROWS:
             return None
-        return self.ops.gguf_matmul_many(x, self.raws, self.types, self.rows).split(self.rows, dim=-1)
+        return self.ops.gguf_matmul_many(x, self.raws, self.types, self.rows)
 
 
 def native_group(weights: list) -> NativeGroup | None:

@@ -2,7 +2,7 @@
 
 A targeted ``Linear`` is replaced in its parent by a ``LoraLinear`` wrapping it: no family code
 changes, and ``LinearGroup`` keeps the fused q/k/v or gate/up base call and adds the low-rank terms
-(``base_layer`` + ``adapter_delta``). All adapters of a layer are concatenated: ``A`` [Σr, in] and
+(``base_layer`` + ``fuse_group``: A stacked, B block-diagonal, added to the concatenated output). All adapters of a layer are concatenated: ``A`` [Σr, in] and
 ``B`` [out, Σr], so any number of adapters costs two small matmuls. An adapter's per-token
 X-LoRA scaling ``s_i`` commutes with ``A``: ``B(A(x·s_i)) = B(A(x)·s_i)``, applied per column.
 """
@@ -29,41 +29,86 @@ class AdapterTerm:
 
 
 class LoraLinear(nn.Module):
-    """``base(x) + Σ_i B_i(A_i(x)) · scale_i · s_i`` with ``s_i`` from ``mixer`` (X-LoRA) or 1."""
+    """``base(x) + Σ_i B_i(A_i(x)) · scale_i · s_i`` with ``s_i`` from ``mixer`` (X-LoRA) or 1, on
+    the flat [T, in] activations the engine passes. Factors are stored transposed and contiguous
+    (``x @ Aᵀ`` then an in-place ``addmm``): at decode the cost is a handful of tiny kernels."""
 
     def __init__(self, base: Linear, terms: list[AdapterTerm], device: torch.device, dtype: torch.dtype,
                  mixer=None, mixer_layer: int = 0):
         super().__init__()
         self.base_layer = base
         self.in_features, self.out_features = base.in_features, base.out_features
-        self.mixer, self.mixer_layer = mixer, mixer_layer
-        a = torch.cat([t.lora.a for t in terms]).to(device=device, dtype=dtype)
+        self.mixer = mixer
+        a = torch.cat([t.lora.a for t in terms])
         scales = torch.cat([torch.full((t.lora.rank,), t.lora.scale) for t in terms])
         b = torch.cat([t.lora.b for t in terms], dim=1)
-        self.register_buffer("lora_a", a, persistent=False)
         if mixer is None:  # constant scales fold into B
-            self.register_buffer("lora_b", (b * scales).to(device=device, dtype=dtype), persistent=False)
-        else:
-            self.register_buffer("lora_b", b.to(device=device, dtype=dtype), persistent=False)
-            self.register_buffer("column_scale", scales.to(device=device, dtype=dtype), persistent=False)
-            adapters = torch.cat([torch.full((t.lora.rank,), t.adapter, dtype=torch.long) for t in terms])
-            self.register_buffer("column_adapter", adapters.to(device), persistent=False)
+            b = b * scales
+        else:  # per-token scales come from the mixer, per rank column
+            adapters = torch.cat([torch.full((t.lora.rank,), t.adapter) for t in terms])
+            self.column_info = (torch.full_like(adapters, mixer_layer), adapters, scales)
+            self.slot = mixer.add_columns(*self.column_info)
+        self.register_buffer("lora_at", a.T.contiguous().to(device=device, dtype=dtype), persistent=False)
+        self.register_buffer("lora_bt", b.T.contiguous().to(device=device, dtype=dtype), persistent=False)
 
-    def adapter_delta(self, x: torch.Tensor) -> torch.Tensor | None:
+    def _down(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``A(x)`` scaled per column, or None when the adapters add nothing this pass."""
         if self.mixer is None:
-            return (x @ self.lora_a.T) @ self.lora_b.T
-        columns = self.mixer.column_scalings(self.mixer_layer, self.column_adapter, self.column_scale)
-        if columns is None:  # scaling pass with scaling_pass_value 0: the base model
+            return x @ self.lora_at
+        views = self.mixer.views
+        if views is None:  # scaling pass with scaling_pass_value 0: the base model
             return None
-        return ((x @ self.lora_a.T) * columns) @ self.lora_b.T
+        return (x @ self.lora_at).mul_(views[self.slot])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base_layer(x)
-        delta = self.adapter_delta(x.to(self.lora_a.dtype))
-        return y if delta is None else y + delta.to(y.dtype)
+        y = self.base_layer.forward(x)  # no module-call machinery: this runs per layer and pass
+        down = self._down(x if x.dtype == self.lora_at.dtype else x.to(self.lora_at.dtype))
+        if down is None:
+            return y
+        return y.addmm_(down, self.lora_bt) if y.dtype == down.dtype else y + (down @ self.lora_bt).to(y.dtype)
+
+    @staticmethod
+    def fuse_group(layers) -> "LoraGroup | None":
+        """One adapter term for layers sharing an input whose base outputs come concatenated
+        (fused q/k/v, gate/up): ``A`` stacked, ``B`` block-diagonal."""
+        wrapped = [layer for layer in layers if isinstance(layer, LoraLinear)]
+        mixers = {id(layer.mixer) for layer in wrapped}
+        if len(mixers) != 1:
+            return None
+        return LoraGroup(layers, wrapped[0].mixer)
 
     def extra_repr(self) -> str:
-        return f"rank={self.lora_a.shape[0]}, {'x-lora' if self.mixer is not None else 'lora'}"
+        return f"rank={self.lora_at.shape[1]}, {'x-lora' if self.mixer is not None else 'lora'}"
+
+
+class LoraGroup:
+    """The adapters of a fused group, added into the group's concatenated base output."""
+
+    def __init__(self, layers, mixer):
+        self.mixer = mixer
+        wrapped = [(i, layer) for i, layer in enumerate(layers) if isinstance(layer, LoraLinear)]
+        first = wrapped[0][1]
+        self.at = torch.cat([layer.lora_at for _, layer in wrapped], dim=1)
+        outs = [layer.out_features for layer in layers]
+        bt = first.lora_bt.new_zeros(self.at.shape[1], sum(outs))
+        row = 0
+        for i, layer in wrapped:
+            rank, col = layer.lora_at.shape[1], sum(outs[:i])
+            bt[row : row + rank, col : col + outs[i]] = layer.lora_bt
+            row += rank
+        self.bt = bt
+        if mixer is not None:
+            info = [layer.column_info for _, layer in wrapped]
+            self.slot = mixer.add_columns(*(torch.cat(part) for part in zip(*info)))
+
+    def add_(self, out: torch.Tensor, x: torch.Tensor) -> None:
+        """``out`` [T, Σ out] += the adapters' terms."""
+        if self.mixer is None:
+            out.addmm_(x @ self.at, self.bt)
+            return
+        views = self.mixer.views
+        if views is not None:  # None: scaling pass with scaling_pass_value 0
+            out.addmm_((x @ self.at).mul_(views[self.slot]), self.bt)
 
 
 def target_linear(model: nn.Module, path: str, adapter_name: str = "") -> Linear:
@@ -95,6 +140,7 @@ def reset_linear_groups(model: nn.Module) -> None:
         for value in vars(module).values():
             if isinstance(value, LinearGroup):
                 value.reset()
+                value.plan()  # now: a fused group's adapter registers its columns before any pass
 
 
 def merge_into(layer: Linear, terms: list[AdapterTerm]) -> bool:

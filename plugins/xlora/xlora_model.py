@@ -53,16 +53,19 @@ class XLoraModel(nn.Module):
             scalings = self.scalings(input_ids, scaling_batch, cache)
         else:
             scalings = self._non_granular_scalings(input_ids, scaling_batch, cache, seqs)
-        self.mixer.scalings = scalings.to(self.dtype)
+        self.mixer.main_pass(scalings, self.dtype)
         try:
             return self.base(input_ids, main_batch, cache)
         finally:
-            self.mixer.scalings = None
+            self.mixer.clear()
 
     def scalings(self, input_ids: torch.Tensor, batch: AttentionBatch, cache) -> torch.Tensor:
         """The scaling pass and the classifier: [T, n_layers, n_adapters]."""
-        self.mixer.scalings = None
-        return self.classifier(self.base(input_ids, batch, cache))
+        self.mixer.scaling_pass(input_ids.device, self.dtype)
+        try:
+            return self.classifier(self.base(input_ids, batch, cache))
+        finally:
+            self.mixer.clear()
 
     def _non_granular_scalings(self, input_ids, batch: AttentionBatch, cache, seqs) -> torch.Tensor:
         freeze_at = [len(seq.prompt_ids) + self.non_granular for seq in seqs]  # first frozen position
