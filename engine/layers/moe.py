@@ -17,6 +17,8 @@ from .mlp import GatedMLP
 class SparseMoE(nn.Module):
     """sum over the k chosen experts e of softmax(router logits of the chosen)_e * expert_e(x)."""
 
+    routes_tokens = True  # each expert sees only its tokens' rows (per-token adapter scalings cannot follow)
+
     def __init__(self, hidden: int, intermediate: int, num_experts: int, top_k: int,
                  activation: str = "silu", bias: bool = False):
         super().__init__()

@@ -11,7 +11,8 @@ from torch import nn
 
 from .classifier import XLoraClassifier
 from .lora_files import AdapterError, LoraAdapter, read_lora_adapter
-from .lora_linear import AdapterTerm, LoraLinear, check_shapes, merge_into, reset_linear_groups, target_linear, wrap_linear
+from .lora_linear import (AdapterTerm, LoraLinear, check_shapes, merge_into, reset_linear_groups, routed_ancestor,
+                          target_linear, wrap_linear)
 from .mixer import ScalingMixer
 from .xlora_files import XLoraFiles, read_xlora
 from .xlora_model import XLoraModel
@@ -59,6 +60,11 @@ def apply_xlora(model: nn.Module, cfg, device: torch.device, dtype: torch.dtype)
     if files.config.hidden_size != hidden:
         raise AdapterError(f"the X-LoRA config's hidden_size is {files.config.hidden_size}, the model's {hidden}")
     terms = _terms_by_module(model, files.adapters)
+    for path in terms:
+        routed = routed_ancestor(model, path)
+        if routed is not None:
+            raise AdapterError(f"X-LoRA scales adapters per token, but {path} is an expert of the mixture {routed}, "
+                               "which sees only its routed tokens; X-LoRA adapters may target the other layers")
     layer_of = _xlora_layers(model, files, terms)
     n_layers = len(set(layer_of.values())) if files.layers is None else len(files.layers)
     classifier = _classifier(files, n_layers, device)

@@ -122,6 +122,16 @@ def target_linear(model: nn.Module, path: str, adapter_name: str = "") -> Linear
     return layer
 
 
+def routed_ancestor(model: nn.Module, path: str) -> str | None:
+    """The enclosing module that hands its layers only some token rows (a mixture of experts)."""
+    parts = path.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        prefix = ".".join(parts[:end])
+        if getattr(model.get_submodule(prefix), "routes_tokens", False):
+            return prefix
+    return None
+
+
 def check_shapes(path: str, layer: Linear, lora: LoraModule, adapter_name: str) -> None:
     if lora.a.shape[1] != layer.in_features or lora.b.shape[0] != layer.out_features:
         raise AdapterError(f"adapter {adapter_name!r}: {path} has lora_A {list(lora.a.shape)} and lora_B "
