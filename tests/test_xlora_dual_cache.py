@@ -66,3 +66,15 @@ def test_non_granular_survives_preemption(xlora_dir):
     tokens, logprobs = decode(llm, batch)
     assert llm.engine.scheduler.preemptions > 0
     check_against_reference(llm, batch, tokens, logprobs, freeze_after=1)
+
+
+def test_non_granular_blocks_past_the_freeze_are_never_reused(xlora_dir):
+    # A's K/V after its freeze point depend on where its prompt ended; B's prompt covers those
+    # positions granularly, so reusing A's blocks there would be wrong.
+    llm = load_xlora(xlora_dir, "engine.block_size=4", "adapter.tgt_non_granular_index=0")
+    a = prompts([8], seed=6)[0]
+    a_out, _ = decode(llm, [a], steps=8)
+    b = (a + a_out[0])[:14] + [99]
+    tokens, logprobs = decode(llm, [b])
+    assert llm.engine.pool.prefix_hit_tokens == 8  # A's prompt blocks only, in both caches
+    check_against_reference(llm, [b], tokens, logprobs, freeze_after=0)
