@@ -115,8 +115,7 @@ def paged_batch(chunks: list[tuple[list[int], int, int]], block_size: int, devic
 def leading_tokens_batch(batch: AttentionBatch, keep: list[int]) -> AttentionBatch:
     """The same sequences with only the first ``keep[i]`` of each one's new tokens (sequences
     keeping none are dropped): a pass that needs fewer positions than its sibling (X-LoRA's
-    scaling pass once a sequence's scalings are frozen). Returns also, per kept token, its row
-    in ``batch`` as ``batch.rows`` is not stored: use ``kept_rows``."""
+    scaling pass once a sequence's scalings are frozen). :func:`kept_rows` says which rows."""
     positions, slots, segments = [], [], []
     q_start = 0
     for seg, n in zip(batch.segments, keep):
@@ -124,9 +123,7 @@ def leading_tokens_batch(batch: AttentionBatch, keep: list[int]) -> AttentionBat
             continue
         past = seg.ctx_len - seg.q_len
         ctx = past + n
-        kv = seg.kv_slots if isinstance(seg.kv_slots, slice) else seg.kv_slots[:ctx]
-        if isinstance(kv, slice):
-            kv = slice(kv.start, kv.start + ctx)
+        kv = slice(seg.kv_slots.start, seg.kv_slots.start + ctx) if isinstance(seg.kv_slots, slice) else seg.kv_slots[:ctx]
         rows = slice(seg.q_start, seg.q_start + n)
         positions.append(batch.positions[rows])
         slots.append(batch.slot_mapping[rows])
@@ -137,9 +134,8 @@ def leading_tokens_batch(batch: AttentionBatch, keep: list[int]) -> AttentionBat
         device = batch.positions.device
         decode = DecodeSlots(torch.nn.utils.rnn.pad_sequence([s.kv_slots for s in segments], batch_first=True),
                              torch.tensor([s.ctx_len for s in segments], device=device))
-    empty = batch.positions[:0]
     return AttentionBatch(
-        positions=torch.cat(positions) if positions else empty,
+        positions=torch.cat(positions) if positions else batch.positions[:0],
         slot_mapping=torch.cat(slots) if slots else batch.slot_mapping[:0],
         segments=segments,
         decode=decode,

@@ -89,7 +89,7 @@ def _read_mistralrs(source: Path, ordering: str | None, adapters_dir: str | None
     if layers is not None and not (isinstance(layers, dict) and all(isinstance(v, int) for v in layers.values())):
         raise AdapterError(f"{order_file}: 'layers' must map module paths to X-LoRA layer numbers")
     classifier = _mistralrs_classifier(source / MISTRALRS_CLASSIFIER, cfg)
-    preload = _preload(order.get("preload_adapters") or [], order_file, source)
+    preload = _preload(order.get("preload_adapters") or [], order_file)
     return XLoraFiles("mistral.rs", cfg, adapters, classifier, layers, preload)
 
 
@@ -142,7 +142,9 @@ def _linear(tensors: dict[str, torch.Tensor], prefix: str, path: Path, bias: boo
     return tensors[f"{prefix}.weight"].float(), None if b is None else b.float()
 
 
-def _preload(entries: list, order_file: Path | None, source: Path) -> list[dict[str, Any]]:
+def _preload(entries: list, order_file: Path | None) -> list[dict[str, Any]]:
+    """mistral.rs's adapters to load beside the X-LoRA ones (for LoRA activation per request);
+    checked and listed, not applied."""
     out = []
     for entry in entries:
         if not isinstance(entry, dict) or "name" not in entry or "adapter_model_id" not in entry:

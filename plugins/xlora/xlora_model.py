@@ -6,7 +6,8 @@
 
 Each pass keeps its own KV cache, so a decode step runs both on the new tokens only. In the
 non-granular mode (``tgt_non_granular_index = k``) a sequence's scalings freeze at its position
-``prompt + k - 1``: later positions reuse them and skip the scaling pass.
+``prompt + k - 1``: later positions reuse them and skip the scaling pass (a call without
+sequences, such as ``LLM.logits``, is granular throughout).
 """
 
 from __future__ import annotations
