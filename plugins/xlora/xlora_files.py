@@ -115,7 +115,8 @@ def _adapter_dir(source: Path, name: str, listed: str | None, adapters_dir: str 
         if (path / "adapter_config.json").is_file():
             return path
     tried = ", ".join(str(p) for p in candidates)
-    raise AdapterError(f"adapter {name!r} not found (looked in {tried}; adapter.adapters_dir names another folder)")
+    raise AdapterError(f"adapter {name!r} not found (looked in {tried}); set adapter.adapters_dir to the folder "
+                       "holding the adapter folders")
 
 
 def _mistralrs_classifier(path: Path, cfg: XLoraConfig) -> ClassifierLayers:
