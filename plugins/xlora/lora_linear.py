@@ -2,9 +2,11 @@
 
 A targeted ``Linear`` is replaced in its parent by a ``LoraLinear`` wrapping it: no family code
 changes, and ``LinearGroup`` keeps the fused q/k/v or gate/up base call and adds the low-rank terms
-(``base_layer`` + ``fuse_group``: A stacked, B block-diagonal, added to the concatenated output). All adapters of a layer are concatenated: ``A`` [Σr, in] and
-``B`` [out, Σr], so any number of adapters costs two small matmuls. An adapter's per-token
-X-LoRA scaling ``s_i`` commutes with ``A``: ``B(A(x·s_i)) = B(A(x)·s_i)``, applied per column.
+(``base_layer`` + ``fuse_group``: A stacked, B block-diagonal, added to the concatenated output;
+measured faster than one addmm per layer even counting B's zeros). All adapters of a layer are
+concatenated: ``A`` [Σr, in] and ``B`` [out, Σr], so any number of adapters costs two small
+matmuls. An adapter's per-token X-LoRA scaling ``s_i`` commutes with ``A``:
+``B(A(x·s_i)) = B(A(x)·s_i)``, applied per rank column.
 """
 
 from __future__ import annotations
