@@ -49,9 +49,10 @@ class LLMEngine:
         self.cfg = cfg
         model = loaded.model
         self.num_caches = int(getattr(model, "num_kv_caches", 1))
-        per_token = kv_bytes_per_token(model, loaded.dtype, self.num_caches)
+        # Slots of the one pool that every cache's blocks come from (X-LoRA: two per token).
+        per_slot = kv_bytes_per_token(model, loaded.dtype, 1)
         tokens = cfg.kv_cache_tokens or min(cfg.max_seqs * loaded.max_seq_len * self.num_caches,
-                                            int(cfg.kv_cache_memory_gb * 2**30 // per_token))
+                                            int(cfg.kv_cache_memory_gb * 2**30 // per_slot))
         num_blocks = max(1, tokens // cfg.block_size)
         self.pool = KVBlockPool(num_blocks, cfg.block_size, self.num_caches)
         self.cache = KVCache(model.cache_spec(), num_blocks * cfg.block_size, loaded.dtype, loaded.device)
