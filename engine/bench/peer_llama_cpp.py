@@ -5,10 +5,11 @@ Same measurement as ours: prefill = evaluating the prompt ids, decode = greedy t
 at a time (EOS ignored), wall-clock, median over repeats."""
 
 import json
-import resource
 import statistics
 import sys
 import time
+
+from peak_rss import peak_rss_mb  # this script's folder is on sys.path
 
 
 def main() -> None:
@@ -44,7 +45,7 @@ def main() -> None:
         "prefill_tok_s": round(statistics.median(prefill), 2),
         "decode_tok_s": round(statistics.median(decode), 2),
         "load_s": round(load_s, 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
     }))
 
 

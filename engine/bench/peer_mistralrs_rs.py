@@ -5,10 +5,11 @@ engine's own prompt/completion throughput (its `usage`), median over repeats."""
 
 import json
 import os
-import resource
 import statistics
 import sys
 import time
+
+from peak_rss import peak_rss_mb  # this script's folder is on sys.path
 
 
 def main() -> None:
@@ -33,7 +34,7 @@ def main() -> None:
         "prefill_tok_s": round(statistics.median(prefill), 2),
         "decode_tok_s": round(statistics.median(decode), 2),
         "load_s": round(load_s, 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
     }))
 
 

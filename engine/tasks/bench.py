@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import platform
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from .common import load_llm
+from mistralrs.engine.bench.peak_rss import peak_rss_mb
 
 # Any text works; it only has to tokenize to enough tokens, the same way every run.
 _FILLER = ("The history of computing is a story of abstraction layered on abstraction, from relays and vacuum "
@@ -69,7 +69,7 @@ def run(cfg: DictConfig) -> dict:
         "prefill_tok_s": round(statistics.median(r[0] for r in results), 2),
         "decode_tok_s": round(statistics.median(r[1] for r in results), 2),
         "load_s": round(llm.loaded.load_seconds, 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
         "torch": torch.__version__,
         "machine": platform.machine(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
