@@ -87,3 +87,21 @@ def test_a_build_killed_midway_does_not_hang_later_loads():
             "assert native_ops() is not None\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("scaled", ["none", "shared", "per_token"])
+def test_lora_add_matches_torch(rows, scaled):
+    ops = native_ops()
+    g = torch.Generator().manual_seed(rows)
+    x, at, bt = torch.randn(rows, 96, generator=g), torch.randn(96, 12, generator=g), torch.randn(12, 2100, generator=g)
+    out = torch.randn(rows, 2100, generator=g)
+    scales = None
+    if scaled == "shared":
+        scales = torch.rand(1, 12, generator=g)
+    elif scaled == "per_token":  # a split view with a row stride, as the X-LoRA mixer hands out
+        scales = torch.rand(rows, 20, generator=g).split([12, 8], dim=1)[0]
+    down = x @ at
+    expected = out + (down if scales is None else down * scales) @ bt
+    ops.lora_add_(out, x, at, bt, scales)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-4)

@@ -17,11 +17,24 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mistralrs.engine.kernels import fast_ops
 from mistralrs.engine.layers.linear import Linear, LinearGroup
 
 from .lora_files import AdapterError, LoraModule
 
 log = logging.getLogger(__name__)
+NATIVE_LORA_ROWS = 16  # up to this many tokens (decode) one native call; prefill keeps BLAS matmuls
+
+
+def add_low_rank_(out: torch.Tensor, x: torch.Tensor, at: torch.Tensor, bt: torch.Tensor,
+                  scales: torch.Tensor | None) -> torch.Tensor:
+    """``out += ((x @ at) * scales) @ bt`` in place (``scales`` [1 or T, rank] or None for 1)."""
+    ops = fast_ops(out, x, at) if x.shape[0] <= NATIVE_LORA_ROWS and out.is_contiguous() else None
+    if ops is not None:
+        ops.lora_add_(out, x.contiguous(), at, bt, scales)
+        return out
+    down = x @ at
+    return out.addmm_(down if scales is None else down.mul_(scales), bt)
 
 
 @dataclass
@@ -53,21 +66,19 @@ class LoraLinear(nn.Module):
         self.register_buffer("lora_at", a.T.contiguous().to(device=device, dtype=dtype), persistent=False)
         self.register_buffer("lora_bt", b.T.contiguous().to(device=device, dtype=dtype), persistent=False)
 
-    def _down(self, x: torch.Tensor) -> torch.Tensor | None:
-        """``A(x)`` scaled per column, or None when the adapters add nothing this pass."""
-        if self.mixer is None:
-            return x @ self.lora_at
-        views = self.mixer.views
-        if views is None:  # scaling pass with scaling_pass_value 0: the base model
-            return None
-        return (x @ self.lora_at).mul_(views[self.slot])
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer.forward(x)  # no module-call machinery: this runs per layer and pass
-        down = self._down(x if x.dtype == self.lora_at.dtype else x.to(self.lora_at.dtype))
-        if down is None:
-            return y
-        return y.addmm_(down, self.lora_bt) if y.dtype == down.dtype else y + (down @ self.lora_bt).to(y.dtype)
+        scales = None
+        if self.mixer is not None:
+            views = self.mixer.views
+            if views is None:  # scaling pass with scaling_pass_value 0: the base model
+                return y
+            scales = views[self.slot]
+        x = x if x.dtype == self.lora_at.dtype else x.to(self.lora_at.dtype)
+        if y.dtype == x.dtype:
+            return add_low_rank_(y, x, self.lora_at, self.lora_bt, scales)
+        down = x @ self.lora_at
+        return y + ((down if scales is None else down.mul_(scales)) @ self.lora_bt).to(y.dtype)
 
     @staticmethod
     def fuse_group(layers) -> "LoraGroup | None":
@@ -106,11 +117,11 @@ class LoraGroup:
     def add_(self, out: torch.Tensor, x: torch.Tensor) -> None:
         """``out`` [T, Σ out] += the adapters' terms."""
         if self.mixer is None:
-            out.addmm_(x @ self.at, self.bt)
+            add_low_rank_(out, x, self.at, self.bt, None)
             return
         views = self.mixer.views
         if views is not None:  # None: scaling pass with scaling_pass_value 0
-            out.addmm_((x @ self.at).mul_(views[self.slot]), self.bt)
+            add_low_rank_(out, x, self.at, self.bt, views[self.slot])
 
 
 def target_linear(model: nn.Module, path: str, adapter_name: str = "") -> Linear:
