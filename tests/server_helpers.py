@@ -110,3 +110,8 @@ class ServerProcess:
 def tiny_server_args(model_dir: Path, *extra: str) -> list[str]:
     return ["task=serve", "model=llama", f"model.source={model_dir}", "model.dtype=float32", "model.device=cpu",
             *extra]
+
+
+def token_ids(logprob_tokens: list[str]) -> list[int]:
+    """Ids from ``logprobs.tokens`` of a request made with ``return_tokens_as_token_ids``."""
+    return [int(t.removeprefix("token_id:")) for t in logprob_tokens]

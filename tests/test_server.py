@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from server_helpers import ServerProcess, tiny_server_args
+from server_helpers import ServerProcess, tiny_server_args, token_ids
 
 pytest.importorskip("transformers")
 
@@ -54,10 +54,6 @@ def post(server, path: str, body, **kwargs) -> httpx.Response:
     content = body if isinstance(body, (bytes, str)) else json.dumps(body)
     return httpx.post(server.url + path, content=content, headers={"content-type": "application/json"}, timeout=60,
                       **kwargs)
-
-
-def ids_of(logprob_tokens: list[str]) -> list[int]:
-    return [int(t.removeprefix("token_id:")) for t in logprob_tokens]
 
 
 # -- the basics ----------------------------------------------------------------------------------
@@ -169,7 +165,7 @@ def test_stop_strings_and_stop_token_ids(client):
     # a stop token id ends the choice at its first occurrence
     lp = client.completions.create(model=MODEL, prompt="abc", max_tokens=24, logprobs=0, temperature=0,
                                    extra_body={"ignore_eos": True, "return_tokens_as_token_ids": True})
-    ids = ids_of(lp.choices[0].logprobs.tokens)
+    ids = token_ids(lp.choices[0].logprobs.tokens)
     r = client.completions.create(model=MODEL, prompt="abc", max_tokens=24, temperature=0,
                                   extra_body={"stop_token_ids": [ids[5]]})
     assert r.choices[0].finish_reason == "stop" and r.usage.completion_tokens == ids.index(ids[5]) + 1
@@ -216,7 +212,7 @@ def test_completion_logprobs_with_echo(client, server):
     assert all(v <= 0 for v in lp.token_logprobs[1:])
     for token, value, top in zip(lp.tokens[1:], lp.token_logprobs[1:], lp.top_logprobs[1:]):
         assert 2 <= len(top) <= 3 and top[token] == pytest.approx(value) and max(top.values()) >= value - 1e-6
-    assert ids_of(lp.tokens[:len(prompt_ids)]) == prompt_ids
+    assert token_ids(lp.tokens[:len(prompt_ids)]) == prompt_ids
     assert lp.text_offset == sorted(lp.text_offset) and lp.text_offset[1] == 0  # BOS takes no room
     # the generated part equals a run without echo
     plain = client.completions.create(model=MODEL, prompt=prompt, max_tokens=4, logprobs=2, **GREEDY).choices[0]
@@ -227,9 +223,9 @@ def test_completion_logprobs_with_echo(client, server):
     assert score.choices[0].text == prompt and score.usage.completion_tokens == 0
     assert score.choices[0].logprobs.token_logprobs[1:] == pytest.approx(lp.token_logprobs[1:len(prompt_ids)], abs=1e-4)
     # a prompt logprob equals the logprob the same token had when it was generated
-    ids = prompt_ids + [int(t.removeprefix("token_id:")) for t in client.completions.create(
+    ids = prompt_ids + token_ids(client.completions.create(
         model=MODEL, prompt=prompt, max_tokens=1, logprobs=0, temperature=0,
-        extra_body={"return_tokens_as_token_ids": True}).choices[0].logprobs.tokens]
+        extra_body={"return_tokens_as_token_ids": True}).choices[0].logprobs.tokens)
     rescored = client.completions.create(model=MODEL, prompt=ids, max_tokens=0, logprobs=0, echo=True)
     assert rescored.choices[0].logprobs.token_logprobs[-1] == pytest.approx(plain.logprobs.token_logprobs[0], abs=1e-4)
     # streamed echo: the first chunk carries the prompt and its logprobs

@@ -10,14 +10,10 @@ from pathlib import Path
 import pytest
 
 from conftest import load_reference
-from server_helpers import ServerProcess
+from server_helpers import ServerProcess, token_ids
 
 TINY = Path(__file__).parent / "data" / "tiny"
 GREEDY = {"ignore_eos": True, "return_tokens_as_token_ids": True}
-
-
-def token_ids(choice) -> list[int]:
-    return [int(t.removeprefix("token_id:")) for t in choice.logprobs.tokens]
 
 
 async def concurrent_completions(server: ServerProcess, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
@@ -28,7 +24,7 @@ async def concurrent_completions(server: ServerProcess, prompts: list[list[int]]
         r = await client.completions.create(model=server.model, prompt=prompt, max_tokens=max_tokens, temperature=0,
                                             logprobs=0, extra_body=GREEDY)
         assert r.usage.completion_tokens == max_tokens
-        return token_ids(r.choices[0])
+        return token_ids(r.choices[0].logprobs.tokens)
 
     try:
         return await asyncio.gather(*(one(p) for p in prompts))

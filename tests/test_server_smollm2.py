@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from conftest import load_reference
-from server_helpers import ServerProcess
+from server_helpers import ServerProcess, token_ids
 
 STEM = "smollm2-135m-instruct-q4_1"
 pytestmark = pytest.mark.slow
@@ -47,18 +47,15 @@ def test_greedy_completions_equal_float_reference(server):
     client = server.client()
     extra = {"ignore_eos": True, "return_tokens_as_token_ids": True}
 
-    def ids(choice) -> list[int]:
-        return [int(t.removeprefix("token_id:")) for t in choice.logprobs.tokens]
-
     for prompt in meta["prompts"]:
         r = client.completions.create(model="smollm2", prompt=prompt["ids"], max_tokens=32, temperature=0,
                                       logprobs=0, extra_body=extra)
-        assert ids(r.choices[0]) == prompt["greedy_ids"], f"prompt {prompt['index']}"
+        assert token_ids(r.choices[0].logprobs.tokens) == prompt["greedy_ids"], f"prompt {prompt['index']}"
         assert r.usage.completion_tokens == 32 and r.usage.prompt_tokens == len(prompt["ids"])
     # all prompts in one request: batched in the engine, still the same tokens
     r = client.completions.create(model="smollm2", prompt=[p["ids"] for p in meta["prompts"]], max_tokens=32,
                                   temperature=0, logprobs=0, extra_body=extra)
-    assert [ids(c) for c in r.choices] == [p["greedy_ids"] for p in meta["prompts"]]
+    assert [token_ids(c.logprobs.tokens) for c in r.choices] == [p["greedy_ids"] for p in meta["prompts"]]
 
 
 def test_chat_answers(server):
