@@ -6,11 +6,12 @@ npz files keep only what these tests read: top-32 ids/logits per position, llama
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 import mistralrs
-from conftest import load_reference
+from conftest import REFERENCE, assert_as_close_as_llamacpp, decode_path_logits, load_reference
 
 STEM = "gemma-3-270m-q4_k_m"
 pytestmark = pytest.mark.slow
@@ -76,8 +77,13 @@ def test_chat_uses_gemma_template(llm):
     assert tok.decode(ids[1:], skip_special=False) == "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
 
 
-def test_default_fast_path_agrees_with_float_reference_as_often_as_llamacpp(gemma3_gguf, float_ref, llamacpp_ref):
-    fast = mistralrs.load("model=gemma3", f"model.source={gemma3_gguf}", "model.device=cpu")
+@pytest.fixture(scope="module")
+def fast(gemma3_gguf):
+    """The default path: weights stay quantized (repacked for the CPU kernels)."""
+    return mistralrs.load("model=gemma3", f"model.source={gemma3_gguf}", "model.device=cpu")
+
+
+def test_default_fast_path_agrees_with_float_reference_as_often_as_llamacpp(fast, float_ref, llamacpp_ref):
     meta, ref = float_ref
     _, cpp = llamacpp_ref
     ours = theirs = total = 0
@@ -87,3 +93,9 @@ def test_default_fast_path_agrees_with_float_reference_as_often_as_llamacpp(gemm
         theirs += int((torch.from_numpy(cpp[f"p{i}_top_ids"][:, 0]).long() == truth).sum())
         total += len(truth)
     assert ours >= theirs, f"argmax agreement with the float reference {ours}/{total} < llama.cpp's {theirs}/{total}"
+
+
+def test_fast_paths_are_as_close_to_float_reference_as_llamacpp(fast, float_ref, llamacpp_ref):
+    last = dict(np.load(REFERENCE / f"{STEM}.last_logits.npz"))
+    assert_as_close_as_llamacpp(fast.logits, float_ref, llamacpp_ref, last)  # prefill
+    assert_as_close_as_llamacpp(lambda ids: decode_path_logits(fast, ids), float_ref, llamacpp_ref, last)  # decode

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from mistralrs.engine.quant.affine import AFFINE_TYPES, affine_groups
 from mistralrs.engine.quant.dequant import BLOCK_GEOMETRY, dequantize
 from mistralrs.engine.quant.int4_planes import Int4PlanesWeight, row_decode_supported
 from mistralrs.engine.kernels import NATIVE_TYPES, native_ops
-from mistralrs.engine.quant.weights import NATIVE_MAX_ROWS, BlockWeight, DenseWeight, NativeBlockWeight, packed_weight
+from mistralrs.engine.quant.weights import NATIVE_MAX_ROWS, BlockWeight, DenseWeight, RepackedWeight, packed_weight
 
 ALL_QUANT = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 SCALE_OFFSETS = {"Q2_K": (80, 2), "Q3_K": (108, 1), "Q6_K": (208, 1)}  # f16 fields at the block end
@@ -79,7 +81,7 @@ def test_every_type_has_a_packed_form_that_multiplies_correctly(qtype):
     expected = x @ dequantize(raw.data, qtype, (rows, cols)).t()
     assert (weight.matmul(x) - expected).abs().max() <= 0.01 * expected.abs().max()
     if qtype in NATIVE_TYPES and native_ops() is not None:
-        assert weight.kind == "gguf-native"
+        assert weight.kind == "gguf-repacked"
     else:
         assert weight.kind == ("int4-planes" if qtype in AFFINE_TYPES else "dense")
 
@@ -96,18 +98,92 @@ def test_native_kernel_matches_dequantized_matmul(qtype, batch):
         pytest.skip("no C++ toolchain here")
     rows, cols = 64, 512
     raw = RawTensor("w", qtype, (rows, cols), random_blocks(qtype, rows, cols, seed=batch))
-    weight = NativeBlockWeight(raw, native_ops())
+    weight = RepackedWeight(raw, native_ops())
     x = torch.randn(batch, cols, generator=torch.Generator().manual_seed(batch))
     expected = x @ dequantize(raw.data, qtype, (rows, cols)).t()
     got = weight.matmul(x)
-    # exact weights; decode-sized batches quantize x per 32-group to int16 (2^-16 of the group max)
+    # exact weights; decode-sized batches quantize x per 32-group to two 8-bit levels (2^-16 of the max)
     tolerance = 1e-4 if batch <= NATIVE_MAX_ROWS else 1e-5
     assert (got - expected).abs().max() <= tolerance * expected.abs().max()
     ids = torch.tensor([0, 9, 63])
     reference = dequantize(raw.data, qtype, (rows, cols))
-    torch.testing.assert_close(weight.rows(ids), reference[ids])
+    torch.testing.assert_close(weight.rows(ids), reference[ids], atol=0, rtol=0)
     torch.testing.assert_close(weight.dense(), reference, atol=0, rtol=1e-6)
-    assert weight.nbytes == raw.data.numel()
+    assert weight.nbytes <= 1.04 * raw.data.numel()  # K-types keep sub-scales a byte apiece
+
+
+@pytest.mark.parametrize("qtype", sorted(NATIVE_TYPES))
+def test_repacked_rows_that_fill_no_whole_block(qtype):
+    """Row counts off the 16-row interleave: padding rows never leak into the results."""
+    if native_ops() is None:
+        pytest.skip("no C++ toolchain here")
+    cols = 256
+    for rows in (1, 15, 17, 37):
+        raw = RawTensor("w", qtype, (rows, cols), random_blocks(qtype, rows, cols, seed=rows))
+        weight = RepackedWeight(raw, native_ops())
+        reference = dequantize(raw.data, qtype, (rows, cols))
+        torch.testing.assert_close(weight.dense(), reference, atol=0, rtol=1e-6)
+        torch.testing.assert_close(weight.rows(torch.tensor([rows - 1, 0])), reference[[rows - 1, 0]], atol=0, rtol=0)
+        x = torch.randn(5, cols, generator=torch.Generator().manual_seed(rows))
+        expected = x @ reference.t()
+        assert weight.matmul(x).shape == (5, rows)
+        assert (weight.matmul(x) - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q8_0", "Q4_K", "Q6_K"])
+def test_extreme_blocks_multiply_exactly_enough(qtype):
+    """All-zero weights, the largest codes, and activations with one huge entry per group."""
+    if native_ops() is None:
+        pytest.skip("no C++ toolchain here")
+    rows, cols = 32, 512
+    raw = random_blocks(qtype, rows, cols)
+    block, size = BLOCK_GEOMETRY[qtype]
+    blocks = raw.view(-1, size)
+    blocks[::3] = 0  # zero scales and codes
+    if qtype == "Q8_0":
+        blocks[1::3, 2:] = torch.tensor([-128, 127], dtype=torch.int8).repeat(16).view(torch.uint8)
+    weight = RepackedWeight(RawTensor("w", qtype, (rows, cols), raw), native_ops())
+    reference = dequantize(raw, qtype, (rows, cols))
+    x = torch.randn(3, cols, generator=torch.Generator().manual_seed(0))
+    x[:, ::32] = 1e4  # one outlier per group sets the group's scale
+    x[1] = 0.0
+    expected = x.double() @ reference.double().t()
+    got = weight.matmul(x).double()
+    assert (got[1] == 0).all()
+    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+@pytest.mark.slow
+def test_avx2_build_of_the_kernels_agrees(tmp_path):
+    """Machines without AVX-512 take another code path (AVX2 integer dot products, the sign trick for
+    Q8_0): build it for a Haswell CPU and check every type against gguf's dequantization."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "check.py"
+    script.write_text(
+        "import sys, torch\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_quant_kernels import random_blocks\n"
+        "from mistralrs.engine.kernels import NATIVE_TYPES, native_ops\n"
+        "from mistralrs.engine.quant.dequant import dequantize\n"
+        "ops = native_ops()\n"
+        "assert ops is not None\n"
+        "for q, t in NATIVE_TYPES.items():\n"
+        "    raw = random_blocks(q, 40, 512)\n"
+        "    ref = dequantize(raw, q, (40, 512))\n"
+        "    p = ops.quant_repack(raw, t, 40, 512)\n"
+        "    assert torch.equal(ops.quant_dequantize(p, t, 40, 512), ref), q\n"
+        "    for m in (1, 3, 6):\n"
+        "        x = torch.randn(m, 512)\n"
+        "        e = x @ ref.t()\n"
+        "        err = ((ops.quant_matmul(x, p, t, 40) - e).abs().max() / e.abs().max()).item()\n"
+        "        assert err < 1e-4, (q, m, err)\n"
+        "print('ok')\n")
+    env = {**os.environ, "MISTRALRS_KERNEL_MARCH": "haswell"}
+    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
 @pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q8_0"])
@@ -139,7 +215,7 @@ def test_many_weights_in_one_call_equal_separate_calls():
 
     cols = 512
     parts = [("Q5_0", 64), ("Q8_0", 32), ("Q4_K", 96), ("Q6_K", 32)]  # mixed lane orders and block sizes
-    weights = [NativeBlockWeight(RawTensor("w", q, (n, cols), random_blocks(q, n, cols, seed=i)), native_ops())
+    weights = [RepackedWeight(RawTensor("w", q, (n, cols), random_blocks(q, n, cols, seed=i)), native_ops())
                for i, (q, n) in enumerate(parts)]
     for batch in (1, 3):
         x = torch.randn(batch, cols)

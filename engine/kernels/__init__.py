@@ -20,14 +20,17 @@ import torch
 
 log = logging.getLogger(__name__)
 SOURCES = sorted(Path(__file__).parent.glob("*.cpp"))
-CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]
-# GGML type ids the C++ matmul reads directly
-NATIVE_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
+HEADERS = sorted(Path(__file__).parent.glob("*.h"))
+# MISTRALRS_KERNEL_MARCH builds for another CPU than this one (the tests check the AVX2 code path so)
+CFLAGS = ["-O3", f"-march={os.environ.get('MISTRALRS_KERNEL_MARCH', 'native')}", "-fno-math-errno", "-fopenmp"]
+# GGML type ids the C++ kernels repack and multiply (quant_layout.h)
+NATIVE_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q2_K": 10, "Q3_K": 11, "Q4_K": 12, "Q5_K": 13,
+                "Q6_K": 14}
 
 
 def _build_dir() -> Path:
     digest = hashlib.sha256()
-    for src in SOURCES:
+    for src in SOURCES + HEADERS:
         digest.update(src.read_bytes())
     digest.update(f"{torch.__version__} {platform.machine()} {torch.backends.cpu.get_cpu_capability()} {CFLAGS}".encode())
     root = os.environ.get("MISTRALRS_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mistralrs"

@@ -1,8 +1,9 @@
 """How a loaded weight is held and multiplied. Four forms:
 
-- ``NativeBlockWeight``: on CPU, the file's blocks exactly as stored, multiplied by the project's
-  C++ kernel (float32 activations) for decode-sized batches; larger batches dequantize and use
-  the BLAS matmul.
+- ``RepackedWeight``: on CPU, the file's blocks repacked once at load into the C++ kernels'
+  row-interleaved layout (engine/kernels/quant_layout.h; about the file's bytes), multiplied by
+  their integer dot-product kernel for decode-sized batches; larger batches dequantize and use the
+  BLAS matmul.
 - ``Int4PlanesWeight`` (int4_planes.py): group-32 types packed for torch's CPU int4 kernel, when
   the C++ kernels cannot be built.
 - ``DenseWeight``: a plain tensor (float checkpoints, the float32 reference mode, fallbacks).
@@ -78,32 +79,42 @@ class BlockWeight:
         return self.raw.numel()
 
 
-class NativeBlockWeight(BlockWeight):
-    """GGUF blocks kept as stored (memory = file bytes), read directly by the C++ kernel."""
+class RepackedWeight:
+    """A quantized weight in the C++ kernels' layout (the memory of the file's blocks)."""
 
-    kind = "gguf-native"
+    kind = "gguf-repacked"
 
     def __init__(self, raw: RawTensor, ops) -> None:
-        super().__init__(raw, torch.device("cpu"), torch.float32, copy=False)
+        self.qtype, self.shape = raw.qtype, tuple(raw.shape)
         self.ops, self.type_id = ops, NATIVE_TYPES[raw.qtype]
+        # reads the (possibly memory-mapped) blocks once; the file's pages are not kept
+        self.packed = ops.quant_repack(raw.data.reshape(-1).view(torch.uint8).contiguous(), self.type_id, *self.shape)
 
     def dense(self) -> torch.Tensor:
-        return self.ops.gguf_dequantize(self.raw, self.type_id, *self.shape)
+        return self.ops.quant_dequantize(self.packed, self.type_id, *self.shape)
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.dtype != torch.float32:  # the decode path passes [T, K] float32 as is
             return self.matmul(x.reshape(-1, x.shape[-1]).float()).to(x.dtype).reshape(*x.shape[:-1], self.shape[0])
         if x.shape[0] > NATIVE_MAX_ROWS:  # prefill: dequantize once, then the BLAS matmul
             return F.linear(x, self.dense())
-        return self.ops.gguf_matmul(x, self.raw, self.type_id, self.shape[0])
+        return self.ops.quant_matmul(x, self.packed, self.type_id, self.shape[0])
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        out = self.ops.quant_rows(self.packed, self.type_id, *self.shape, ids.reshape(-1))
+        return out.reshape(*ids.shape, self.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        return self.packed.numel()
 
 
 class NativeGroup:
-    """Native weights sharing an input (q/k/v, gate/up): one kernel call for all of them."""
+    """Repacked weights sharing an input (q/k/v, gate/up): one kernel call for all of them."""
 
-    def __init__(self, weights: list[NativeBlockWeight]):
+    def __init__(self, weights: list[RepackedWeight]):
         self.ops = weights[0].ops
-        self.raws = [w.raw for w in weights]
+        self.packed = [w.packed for w in weights]
         self.types = [w.type_id for w in weights]
         self.rows = [w.shape[0] for w in weights]
 
@@ -116,11 +127,11 @@ class NativeGroup:
         """The products side by side [T, Σ rows] (an adapter adds its terms in one call), or None."""
         if x.dim() != 2 or x.dtype != torch.float32 or x.shape[0] > NATIVE_MAX_ROWS:
             return None
-        return self.ops.gguf_matmul_many(x, self.raws, self.types, self.rows)
+        return self.ops.quant_matmul_many(x, self.packed, self.types, self.rows)
 
 
 def native_group(weights: list) -> NativeGroup | None:
-    return NativeGroup(weights) if all(isinstance(w, NativeBlockWeight) for w in weights) else None
+    return NativeGroup(weights) if all(isinstance(w, RepackedWeight) for w in weights) else None
 
 
 def dense_from_raw(raw: RawTensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -141,8 +152,8 @@ def packed_weight(raw: RawTensor, device: torch.device, compute_dtype: torch.dty
         return DenseWeight(dense_from_raw(raw, compute_dtype, device))
     if device.type == "cpu":
         ops = native_ops() if raw.qtype in NATIVE_TYPES else None
-        if ops is not None:
-            return NativeBlockWeight(raw, ops)
+        if ops is not None and cols % BLOCK_GEOMETRY[raw.qtype][0] == 0:
+            return RepackedWeight(raw, ops)
         if (raw.qtype in AFFINE_TYPES and Int4PlanesWeight.supports(rows, cols)
                 and (not need_rows or row_decode_supported())):
             return Int4PlanesWeight(affine_groups(raw.data, raw.qtype, (rows, cols)))
