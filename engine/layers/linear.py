@@ -90,6 +90,12 @@ class LinearGroup:
                 self._fused = None  # each layer applies its own adapter
         self._planned = True
 
+    def native_group(self):
+        """The one-call native product of these layers when no adapter takes part, else None."""
+        if not self._planned:
+            self.plan()
+        return self._fused if self._adapter is None else None
+
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
         if not self._planned:
             self.plan()

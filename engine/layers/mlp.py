@@ -40,6 +40,7 @@ class GatedMLP(nn.Module):
         self.up_proj = Linear(hidden, intermediate, bias=bias)
         self.down_proj = Linear(intermediate, hidden, bias=bias)
         self.gate_up = LinearGroup(self, "gate_proj", "up_proj")
+        self.activation = activation
         self.act = ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

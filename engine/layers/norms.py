@@ -22,10 +22,15 @@ class RMSNorm(nn.Module):
         self.offset = offset
         self._scale: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._scale is None:  # float32 (offset + weight), once: weights never change after loading
+    def scale(self) -> torch.Tensor:
+        """float32 (offset + weight), made once: weights never change after loading."""
+        if self._scale is None:
             self._scale = self.weight.detach().float() + self.offset
+        return self._scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.scale()
         ops = fast_ops(x)
         if ops is not None:
-            return ops.rms_norm(x, self._scale, self.eps)
-        return F.rms_norm(x.float(), self._scale.shape, self._scale, self.eps).to(x.dtype)
+            return ops.rms_norm(x, scale, self.eps)
+        return F.rms_norm(x.float(), scale.shape, scale, self.eps).to(x.dtype)

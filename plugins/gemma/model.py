@@ -54,10 +54,19 @@ class Gemma3DecoderLayer(LlamaDecoderLayer):
         super().__init__(cfg, layer)
         self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset)
         self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_offset)
+        self.rope_index = 1 if self.self_attn.is_local else 0  # local layers: their own RoPE base
 
     def forward(self, x, rope, cache, batch):
         x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), rope, cache, batch))
         return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+
+    def decode_spec(self):
+        if not self._computes_as(Gemma3DecoderLayer, Gemma3Attention):
+            return None
+        attn = self.self_attn
+        return self.spec_with_norms(attn_norm=self.input_layernorm, post_attn_norm=self.post_attention_layernorm,
+                                    ffn_norm=self.pre_feedforward_layernorm,
+                                    post_ffn_norm=self.post_feedforward_layernorm, q_norm=attn.q_norm, k_norm=attn.k_norm)
 
 
 class Gemma3ForCausalLM(GemmaForCausalLM):
@@ -71,13 +80,8 @@ class Gemma3ForCausalLM(GemmaForCausalLM):
         super().prepare(max_positions, device, dtype)  # global layers' RoPE
         self.local_rotary = RotaryEmbedding(self.config.local_rope, max_positions, device, dtype)
 
-    def forward(self, input_ids, batch, cache):
-        x = self.embed(input_ids)
-        global_rope = self.rotary.tables(batch.positions)
-        local_rope = self.local_rotary.tables(batch.positions)
-        for layer in self.model.layers:
-            x = layer(x, local_rope if layer.self_attn.is_local else global_rope, cache, batch)
-        return self.model.norm(x)
+    def rope_tables(self, batch):
+        return [self.rotary.tables(batch.positions), self.local_rotary.tables(batch.positions)]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = super().logits(hidden)

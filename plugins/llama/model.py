@@ -14,6 +14,7 @@ from torch import nn
 from mistralrs.engine.batch import AttentionBatch
 from mistralrs.engine.kv_cache import KVCache, KVCacheSpec
 from mistralrs.engine.layers.attention import cached_attention
+from mistralrs.engine.layers.decode_stack import DecodeLayerSpec, DecodePlan
 from mistralrs.engine.layers.linear import Embedding, Linear, LinearGroup
 from mistralrs.engine.layers.mlp import GatedMLP
 from mistralrs.engine.layers.norms import RMSNorm
@@ -56,6 +57,7 @@ class LlamaAttention(nn.Module):
 
 class LlamaDecoderLayer(nn.Module):
     attention = LlamaAttention
+    rope_index = 0  # which of the model's RoPE tables (``rope_tables``) this layer uses
 
     def __init__(self, cfg: LlamaConfig, layer: int):
         super().__init__()
@@ -70,6 +72,25 @@ class LlamaDecoderLayer(nn.Module):
     def forward(self, x, rope: Rope, cache: KVCache, batch: AttentionBatch):
         x = x + self.self_attn(self.input_layernorm(x), rope, cache, batch)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+    def decode_spec(self) -> DecodeLayerSpec | None:
+        """This layer for the native decode stack, or None when it computes something else (a
+        subclass with its own forward or q/k/v, a mixture of experts)."""
+        if not self._computes_as(LlamaDecoderLayer, LlamaAttention):
+            return None
+        return self.spec_with_norms(attn_norm=self.input_layernorm, ffn_norm=self.post_attention_layernorm)
+
+    def _computes_as(self, layer_cls: type, attention_cls: type) -> bool:
+        attn = self.self_attn
+        return (type(self).forward is layer_cls.forward and type(attn).forward is LlamaAttention.forward
+                and type(attn).qkv is attention_cls.qkv and type(self.mlp) is GatedMLP)
+
+    def spec_with_norms(self, **norms) -> DecodeLayerSpec:
+        attn, mlp = self.self_attn, self.mlp
+        return DecodeLayerSpec(qkv=attn.qkv_proj, o=attn.o_proj, gate_up=mlp.gate_up, down=mlp.down_proj,
+                               heads=attn.num_heads, kv_heads=attn.num_kv_heads, head_dim=attn.head_dim,
+                               scale=attn.scale if attn.scale is not None else attn.head_dim ** -0.5,
+                               window=attn.window, rope=self.rope_index, activation=mlp.activation, **norms)
 
 
 class LlamaModel(nn.Module):
@@ -91,6 +112,7 @@ class LlamaForCausalLM(nn.Module):
         self.model = LlamaModel(cfg, self.decoder_layer)
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.rotary: RotaryEmbedding | None = None
+        self.decode_plan = DecodePlan(self)  # every layer's decode step in one native call, when they allow
 
     def cache_spec(self) -> KVCacheSpec:
         c = self.config
@@ -103,13 +125,20 @@ class LlamaForCausalLM(nn.Module):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_tokens(input_ids)
 
+    def rope_tables(self, batch: AttentionBatch) -> list[Rope]:
+        """The step's RoPE tables (cos, sin), computed once per step; each layer's ``rope_index`` picks one."""
+        return [self.rotary.tables(batch.positions)]
+
     def forward(self, input_ids: torch.Tensor, batch: AttentionBatch, cache: KVCache) -> torch.Tensor:
         assert self.rotary is not None, "call prepare() after loading weights"
         x = self.embed(input_ids)
-        rope = self.rotary.tables(batch.positions)
-        for layer in self.model.layers:
-            x = layer(x, rope, cache, batch)
-        return self.model.norm(x)
+        ropes = self.rope_tables(batch)
+        stack = self.decode_plan.stack() if batch.decode is not None else None
+        out = stack(x, ropes, cache, batch) if stack is not None else None
+        if out is None:
+            for layer in self.model.layers:
+                x = layer(x, ropes[layer.rope_index], cache, batch)
+        return self.model.norm(x if out is None else out)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from mistralrs.engine.kernels import fast_ops
+from mistralrs.engine.layers.decode_stack import DecodePlan
 from mistralrs.engine.layers.linear import Linear, LinearGroup
 
 from .lora_files import AdapterError, LoraModule
@@ -158,12 +159,15 @@ def wrap_linear(model: nn.Module, path: str, wrapper: nn.Module) -> None:
 
 
 def reset_linear_groups(model: nn.Module) -> None:
-    """Fused q/k/v and gate/up plans name their layers; re-plan them over the wrapped ones."""
+    """Fused q/k/v and gate/up plans name their layers; re-plan them over the wrapped ones (and let
+    a native decode stack, which holds the unwrapped weights, be planned anew)."""
     for module in model.modules():
         for value in vars(module).values():
             if isinstance(value, LinearGroup):
                 value.reset()
                 value.plan()  # now: a fused group's adapter registers its columns before any pass
+            elif isinstance(value, DecodePlan):
+                value.reset()
 
 
 def merge_into(layer: Linear, terms: list[AdapterTerm]) -> bool:

@@ -1,0 +1,116 @@
+"""Every decoder layer's decode step in one native call (engine/kernels/decode_stack.cpp).
+
+A family describes each of its layers once (``DecodeLayerSpec``: which norms sit where, the fused
+projections, heads, window, RoPE table, activation). When every layer qualifies (repacked quantized
+projections without biases or adapters, float32 on the CPU), steps in which each sequence decodes
+one token run the whole stack natively; anything else keeps the module path, which stays the
+reference the native one is tested against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..kernels import native_ops
+from .linear import Linear, LinearGroup
+from .norms import RMSNorm
+
+ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}
+
+
+@dataclass
+class DecodeLayerSpec:
+    """x += post_attn_norm(o(attention(rope(q_norm(q)), rope(k_norm(k)), v))), q/k/v = qkv(attn_norm(x));
+    x += post_ffn_norm(down(act(gate) * up)), gate/up = gate_up(ffn_norm(x)). Absent norms are identity."""
+
+    attn_norm: RMSNorm
+    ffn_norm: RMSNorm
+    qkv: LinearGroup
+    o: Linear
+    gate_up: LinearGroup
+    down: Linear
+    heads: int
+    kv_heads: int
+    head_dim: int
+    scale: float  # query scaling
+    window: int | None  # sliding window (None: all positions)
+    rope: int  # index into the model's RoPE tables of the step
+    activation: str
+    q_norm: RMSNorm | None = None
+    k_norm: RMSNorm | None = None
+    post_attn_norm: RMSNorm | None = None
+    post_ffn_norm: RMSNorm | None = None
+
+
+def _single(layer: Linear):
+    from ..quant.weights import RepackedWeight
+
+    if type(layer) is Linear and layer.bias is None and isinstance(layer.packed, RepackedWeight):
+        return [layer.packed.packed], [layer.packed.type_id], [layer.packed.shape[0]]
+    return None
+
+
+def _group(group: LinearGroup):
+    fused = group.native_group()
+    return None if fused is None else (fused.packed, fused.types, fused.rows)
+
+
+class DecodeStack:
+    """The native stack, or None from :meth:`build` when some layer does not qualify."""
+
+    def __init__(self, native) -> None:
+        self.native = native
+
+    @classmethod
+    def build(cls, specs: list[DecodeLayerSpec | None]) -> DecodeStack | None:
+        ops = native_ops()
+        if ops is None or not specs or any(s is None for s in specs):
+            return None
+        norms = [n for s in specs for n in (s.attn_norm, s.ffn_norm, s.q_norm, s.k_norm, s.post_attn_norm, s.post_ffn_norm)
+                 if n is not None]
+        if len({n.eps for n in norms}) != 1 or any(s.activation not in ACTIVATIONS for s in specs):
+            return None
+        stack = torch.classes.mistralrs_kernels.DecodeStack()
+        stack.set_eps(norms[0].eps)
+        for s in specs:
+            parts = [_group(s.qkv), _single(s.o), _group(s.gate_up), _single(s.down)]
+            if any(p is None for p in parts):
+                return None
+            (qkv, qkv_t, qkv_n), (o, o_t, o_n), (gu, gu_t, gu_n), (down, down_t, down_n) = parts
+            opt = [n.scale() if n is not None else None for n in (s.q_norm, s.k_norm, s.post_attn_norm, s.post_ffn_norm)]
+            stack.add_layer(s.attn_norm.scale(), s.ffn_norm.scale(), *opt, qkv, qkv_t, qkv_n, o[0], o_t[0], o_n[0],
+                            gu, gu_t, gu_n, down[0], down_t[0], down_n[0], s.heads, s.kv_heads, s.head_dim,
+                            float(s.scale), s.window or 0, s.rope, ACTIVATIONS[s.activation])
+        return cls(stack)
+
+    def __call__(self, x: torch.Tensor, ropes: list[tuple[torch.Tensor, torch.Tensor]], cache, batch) -> torch.Tensor:
+        """Hidden states after the last layer, when this step can run natively; else None."""
+        if (batch.decode is None or x.dtype is not torch.float32 or x.device.type != "cpu"
+                or cache.k.dtype is not torch.float32):
+            return None
+        return self.native.step(x, [c for c, _ in ropes], [s for _, s in ropes], cache.k, cache.v,
+                                batch.slot_mapping, batch.decode.slots, batch.decode.lens)
+
+
+class DecodePlan:
+    """A model's native decode stack, built on first use (its weights are loaded by then);
+    ``reset()`` after swapping layers (adapters), as for :class:`LinearGroup`."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.enabled = True  # False: every step takes the module path (a reference for tests)
+        self.reset()
+
+    def reset(self) -> None:
+        self._built, self._stack = False, None
+
+    def stack(self) -> DecodeStack | None:
+        if not self.enabled:
+            return None
+        if not self._built:
+            self._stack = DecodeStack.build([layer.decode_spec() for layer in self.model.model.layers])
+            self._built = True
+        return self._stack

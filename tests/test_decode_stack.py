@@ -1,0 +1,84 @@
+"""The native decode stack (every layer's decode step in one call) against the module path it
+replaces, on each family's tiny model with quantized weights, and where it must stand aside."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import mistralrs
+from conftest import decode_path_logits
+from mistralrs.engine.kernels import native_ops
+from tiny_models import engine_greedy, make_tiny_llama
+
+TINY = Path(__file__).parent / "data" / "tiny"
+PROMPTS = [[1, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100], [1, 84, 104, 101], [1] + list(range(40, 70))]
+
+pytestmark = pytest.mark.skipif(native_ops() is None, reason="no C++ toolchain here")
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("llama")
+    make_tiny_llama(path)
+    return path
+
+
+def load(family: str, source: Path, *overrides: str):
+    return mistralrs.load(f"model={family}", f"model.source={source}", "model.device=cpu", *overrides)
+
+
+def both_paths(llm):
+    """(native, module) results of teacher-forced decoding and of batched greedy decoding."""
+    plan = llm.loaded.model.decode_plan
+    out = []
+    for enabled in (True, False):
+        plan.enabled = enabled
+        logits = [decode_path_logits(llm, p) for p in PROMPTS]
+        out.append((logits, engine_greedy(llm, PROMPTS, steps=6)))
+    plan.enabled = True
+    return out
+
+
+@pytest.mark.parametrize("family, quant, extra", [
+    ("llama", "q4_0", ()),
+    ("mistral", "q8_0", ("model.sliding_window=8",)),  # windows shorter than the prompts
+    ("gemma", "q5_1", ()),  # GeGLU, (1 + w) norms, scaled embeddings
+    ("gemma3", "q8_0", ()),  # Q/K norms, sandwich norms, local/global layers with two RoPE tables
+])
+def test_native_stack_equals_module_path(family, quant, extra, tiny_llama):
+    source = tiny_llama if family == "llama" else TINY / f"{family}.gguf"
+    llm = load(family, source, f"quant={quant}", *extra)
+    assert llm.loaded.model.decode_plan.stack() is not None
+    (native_logits, (native_tokens, native_lp)), (module_logits, (module_tokens, module_lp)) = both_paths(llm)
+    for a, b in zip(native_logits, module_logits):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert native_tokens == module_tokens
+    torch.testing.assert_close(native_lp, module_lp, atol=1e-5, rtol=1e-5)
+
+
+def test_stack_stands_aside_where_it_does_not_apply(tiny_llama):
+    # dense float32 weights (the exact reference mode), and a mixture of experts
+    assert load("llama", tiny_llama, "model.dtype=float32").loaded.model.decode_plan.stack() is None
+    mixtral = load("mixtral", TINY / "mixtral.gguf", "quant=q8_0")
+    assert mixtral.loaded.model.decode_plan.stack() is None
+    tokens, _ = engine_greedy(mixtral, PROMPTS[:2], steps=3)
+    assert [len(t) for t in tokens] == [3, 3]
+
+
+def test_a_subclass_computing_otherwise_is_not_fused(tiny_llama):
+    """A third-party layer that overrides forward must keep its own computation."""
+    from mistralrs.plugins.llama.model import LlamaDecoderLayer
+
+    llm = load("llama", tiny_llama, "quant=q8_0")
+    layer = llm.loaded.model.model.layers[0]
+
+    class Doubled(LlamaDecoderLayer):
+        def forward(self, x, rope, cache, batch):
+            return 2 * super().forward(x, rope, cache, batch)
+
+    layer.__class__ = Doubled
+    llm.loaded.model.decode_plan.reset()
+    assert layer.decode_spec() is None and llm.loaded.model.decode_plan.stack() is None
