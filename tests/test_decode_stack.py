@@ -30,9 +30,14 @@ def load(family: str, source: Path, *overrides: str):
     return mistralrs.load(f"model={family}", f"model.source={source}", "model.device=cpu", *overrides)
 
 
+def plan_of(llm):
+    model = llm.loaded.model
+    return getattr(model, "base", model).decode_plan  # an X-LoRA model wraps the family's
+
+
 def both_paths(llm):
     """(native, module) results of teacher-forced decoding and of batched greedy decoding."""
-    plan = llm.loaded.model.decode_plan
+    plan = plan_of(llm)
     out = []
     for enabled in (True, False):
         plan.enabled = enabled
@@ -82,3 +87,54 @@ def test_a_subclass_computing_otherwise_is_not_fused(tiny_llama):
     layer.__class__ = Doubled
     llm.loaded.model.decode_plan.reset()
     assert layer.decode_spec() is None and llm.loaded.model.decode_plan.stack() is None
+
+
+def greedy_both_paths(llm, prompts, steps=6):
+    plan, out = plan_of(llm), []
+    for enabled in (True, False):
+        plan.enabled = enabled
+        out.append(engine_greedy(llm, prompts, steps))
+    plan.enabled = True
+    return out
+
+
+ADAPTER_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-3}  # logprobs, native vs module path
+
+
+def assert_same_decoding(llm, prompts, tolerance=1e-5):
+    (native_tokens, native_lp), (module_tokens, module_lp) = greedy_both_paths(llm, prompts)
+    assert native_tokens == module_tokens
+    torch.testing.assert_close(native_lp, module_lp, atol=tolerance, rtol=0)
+
+
+@pytest.fixture(params=[torch.float32, torch.bfloat16], ids=["f32-factors", "bf16-factors"])
+def adapter_dtype(request, monkeypatch):
+    """The native stack streams adapter factors in bfloat16; with float32 ones it must match the
+    module path exactly, which shows the terms' structure is right apart from that rounding."""
+    from mistralrs.engine.layers import decode_stack
+
+    monkeypatch.setattr(decode_stack, "ADAPTER_DTYPE", request.param)
+    return request.param
+
+
+def test_unmerged_lora_terms_run_natively(adapter_dtype):
+    from test_lora_peft import CASES, IDS, load_lora
+
+    llm = load_lora(CASES["two"], "quant=q8_0", "model.weights=packed")
+    stack = plan_of(llm).stack()
+    assert stack is not None and stack.source is None  # constant scales, folded into B
+    assert_same_decoding(llm, IDS, ADAPTER_TOLERANCE[adapter_dtype])
+
+
+@pytest.mark.parametrize("variant", ["v1_default", "v2_layerwise_topk_temp"])
+@pytest.mark.parametrize("non_granular", [None, 2])
+def test_xlora_passes_run_natively(tmp_path, variant, non_granular, adapter_dtype):
+    """Scaling pass (no terms) and main pass (per-token, per-layer scalings) through the native
+    stack, for sequences of different lengths decoding together, equal the module path."""
+    from xlora_layouts import load_xlora, mistralrs_layout, prompts
+
+    extra = [] if non_granular is None else [f"adapter.tgt_non_granular_index={non_granular}"]
+    llm = load_xlora(mistralrs_layout(tmp_path / "x", variant), "quant=q8_0", "model.weights=packed", *extra)
+    stack = plan_of(llm).stack()
+    assert stack is not None and stack.source is llm.loaded.model.mixer
+    assert_same_decoding(llm, prompts([3, 9, 14]), ADAPTER_TOLERANCE[adapter_dtype])

@@ -51,16 +51,20 @@ def reference_attention(q, k_cache, v_cache, slots, lens, scale, window):
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("window", [0, 5])
-def test_decode_attention_matches_sdpa_over_paged_slots(window):
-    g = torch.Generator().manual_seed(0)
-    slots_total, hq, hkv, d = 64, 6, 2, 32
+@pytest.mark.parametrize("window", [0, 5, 100])
+@pytest.mark.parametrize("lengths, heads", [([9, 1, 17], (6, 2)), ([300, 1, 130], (6, 2)), ([700], (4, 1)), ([260, 75], (3, 3))])
+def test_decode_attention_matches_sdpa_over_paged_slots(window, lengths, heads):
+    """Short contexts (one chunk) and long ones, split into chunks whose softmax sums are merged;
+    GQA groups of 3 and 4 query heads, and plain multi-head attention."""
+    g = torch.Generator().manual_seed(len(lengths))
+    (hq, hkv), d, longest = heads, 32, max(lengths)
+    slots_total = 2 * longest + 8
     k_cache, v_cache = torch.randn(slots_total, hkv, d, generator=g), torch.randn(slots_total, hkv, d, generator=g)
-    lens = torch.tensor([9, 1, 17])
-    slots = torch.zeros(3, 17, dtype=torch.long)
-    for b, n in enumerate(lens.tolist()):  # scattered slots, as a paged cache hands them out
+    lens = torch.tensor(lengths)
+    slots = torch.zeros(len(lengths), longest, dtype=torch.long)
+    for b, n in enumerate(lengths):  # scattered slots, as a paged cache hands them out
         slots[b, :n] = torch.randperm(slots_total, generator=g)[:n]
-    q = torch.randn(3, hq, d, generator=g)
+    q = torch.randn(len(lengths), hq, d, generator=g)
     got = ops.decode_attention(q, k_cache, v_cache, slots, lens, 0.3, window)
     torch.testing.assert_close(got, reference_attention(q, k_cache, v_cache, slots, lens, 0.3, window),
                                atol=1e-5, rtol=1e-5)
@@ -103,5 +107,24 @@ def test_lora_add_matches_torch(rows, scaled):
         scales = torch.rand(rows, 20, generator=g).split([12, 8], dim=1)[0]
     down = x @ at
     expected = out + (down if scales is None else down * scales) @ bt
-    ops.lora_add_(out, x, at, bt, scales)
+    ops.lora_add_(out, x, at, [bt], [0], [0], scales)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_lora_add_blocks_go_to_their_columns():
+    """Layers sharing an input: stacked A, one B block per layer in its own output columns (and a
+    layer without an adapter between them left as it was)."""
+    ops = native_ops()
+    g = torch.Generator().manual_seed(0)
+    x, at = torch.randn(2, 64, generator=g), torch.randn(64, 10, generator=g)
+    b0, b2 = torch.randn(4, 30, generator=g), torch.randn(6, 50, generator=g)  # layers 0 and 2 of 30 | 20 | 50
+    out = torch.randn(2, 100, generator=g)
+    scales = torch.rand(2, 10, generator=g)
+    down = (x @ at) * scales
+    expected = out.clone()
+    expected[:, :30] += down[:, :4] @ b0
+    expected[:, 50:] += down[:, 4:] @ b2
+    ops.lora_add_(out, x, at, [b0, b2], [0, 4], [0, 50], scales)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-4)
+    with pytest.raises(RuntimeError, match="does not fit"):
+        ops.lora_add_(out, x, at, [b2], [6], [0], None)

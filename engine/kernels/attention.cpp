@@ -76,35 +76,14 @@ void key_scores(const float* q, const float* keys, const int64_t* s, int64_t row
   }
 }
 
-// scores -> probabilities in place
-void softmax(float* x, int64_t n) {
-  float mx = x[0];
-  for (int64_t j = 1; j < n; ++j) mx = std::max(mx, x[j]);
-  float total = 0.f;
-  int64_t j = 0;
-#ifdef MRS_AVX2
-  __m256 acc = _mm256_setzero_ps();
-  const __m256 m = _mm256_set1_ps(mx);
-  for (; j + 8 <= n; j += 8) {
-    const __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), m));
-    _mm256_storeu_ps(x + j, e);
-    acc = _mm256_add_ps(acc, e);
-  }
-  total = hsum(acc);
-#endif
-  for (; j < n; ++j) total += (x[j] = std::exp(x[j] - mx));
-  const float inv = 1.f / total;
-  for (j = 0; j < n; ++j) x[j] *= inv;
-}
-
-// out[0:D) = sum_j p[j] * v_j, accumulating 64 columns at a time in registers
+// out[0:D) += sum_j p[j] * v_j, accumulating 64 columns at a time in registers
 void weighted_values(const float* p, const float* values, const int64_t* s, int64_t row, int64_t n, int64_t D,
                      float* out) {
   int64_t d0 = 0;
 #ifdef MRS_AVX2
   for (; d0 + 64 <= D; d0 += 64) {
     __m256 o[8];
-    for (int i = 0; i < 8; ++i) o[i] = _mm256_setzero_ps();
+    for (int i = 0; i < 8; ++i) o[i] = _mm256_loadu_ps(out + d0 + 8 * i);
     for (int64_t j = 0; j < n; ++j) {
       const __m256 w = _mm256_set1_ps(p[j]);
       const float* v = values + s[j] * row + d0;
@@ -114,17 +93,70 @@ void weighted_values(const float* p, const float* values, const int64_t* s, int6
   }
 #endif
   for (int64_t d = d0; d < D; ++d) {
-    float acc = 0.f;
+    float acc = out[d];
     for (int64_t j = 0; j < n; ++j) acc += p[j] * values[s[j] * row + d];
     out[d] = acc;
   }
+}
+
+
+inline float max_of(const float* x, int64_t n) {
+  float mx = x[0];
+  for (int64_t j = 1; j < n; ++j) mx = std::max(mx, x[j]);
+  return mx;
+}
+
+// x <- exp(x - m); returns the sum
+float exp_sub_sum(float* x, int64_t n, float m) {
+  float total = 0.f;
+  int64_t j = 0;
+#ifdef MRS_AVX2
+  __m256 acc = _mm256_setzero_ps();
+  const __m256 mv = _mm256_set1_ps(m);
+  for (; j + 8 <= n; j += 8) {
+    const __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), mv));
+    _mm256_storeu_ps(x + j, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  total = hsum(acc);
+#endif
+  for (; j < n; ++j) total += (x[j] = std::exp(x[j] - m));
+  return total;
+}
+
+// One GQA group's `rep` query heads against positions [p0, p1) of one sequence: each key and value
+// row is read once for all of the group's heads. Leaves per head the chunk's max score m, the sum
+// of exp(score - m) l, and the unnormalized output o = sum_j exp(score_j - m) v_j.
+void group_chunk(const float* q, int64_t q_head_stride, int64_t rep, const float* keys, const float* values,
+                 const int64_t* s, int64_t krow, int64_t vrow, int64_t p0, int64_t p1, int64_t D, int64_t Dv, float scale,
+                 float* scores, float* m, float* l, float* o) {
+  const int64_t n = p1 - p0;
+  std::fill(o, o + rep * Dv, 0.f);
+  if (n <= 0) {
+    std::fill(m, m + rep, -INFINITY);
+    std::fill(l, l + rep, 0.f);
+    return;
+  }
+  // positions in blocks of 64: a block's key (value) rows stay in L1 while every head of the group reads them
+  for (int64_t b0 = 0; b0 < n; b0 += 64)
+    for (int64_t h = 0; h < rep; ++h)
+      key_scores(q + h * q_head_stride, keys, s + p0 + b0, krow, std::min<int64_t>(64, n - b0), D, scale, scores + h * n + b0);
+  for (int64_t h = 0; h < rep; ++h) {
+    m[h] = max_of(scores + h * n, n);
+    l[h] = exp_sub_sum(scores + h * n, n, m[h]);
+  }
+  for (int64_t b0 = 0; b0 < n; b0 += 64)
+    for (int64_t h = 0; h < rep; ++h)
+      weighted_values(scores + h * n + b0, values, s + p0 + b0, vrow, std::min<int64_t>(64, n - b0), Dv, o + h * Dv);
 }
 
 }  // namespace
 
 // q: float32 [B, Hq, D] (rows may be strided); caches: float32 [S, Hkv, D] contiguous;
 // slots: int64 [B, L] cache slots of positions 0..lens[b]-1 (padding beyond); window: attend to the
-// last `window` positions only (0 = all). Returns [B, Hq, Dv]. One task per (sequence, query head).
+// last `window` positions only (0 = all). Returns [B, Hq, Dv].
+// Tasks are (sequence, KV head, chunk of positions), so both threads stay busy however few KV heads
+// a model has; the chunks' partial softmax sums are merged per head at the end (flash-decoding).
 torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots,
                                torch::Tensor lens, double scale, int64_t window) {
   TORCH_CHECK(q.dim() == 3 && q.scalar_type() == torch::kFloat32 && q.stride(2) == 1, "decode_attention: q [B, H, D] float32");
@@ -136,23 +168,50 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Te
   slots = slots.contiguous();
   lens = lens.contiguous();
   const int64_t L = slots.size(1), rep = Hq / Hkv;
-  auto out = torch::zeros({B, Hq, Dv}, q.options());
-  const float *qp = q.data_ptr<float>(), *kp = k_cache.data_ptr<float>(), *vp = v_cache.data_ptr<float>();
   const int64_t *sp = slots.data_ptr<int64_t>(), *lp = lens.data_ptr<int64_t>();
-  float* op = out.data_ptr<float>();
+  int64_t longest = 1;
+  for (int64_t b = 0; b < B; ++b) longest = std::max(longest, lp[b]);
+  // enough tasks to share among the threads, chunks no shorter than 64 positions
+  const int64_t want = (4 * at::get_num_threads() + B * Hkv - 1) / (B * Hkv);
+  const int64_t chunks = std::max<int64_t>(1, std::min(want, (longest + 63) / 64));
+  const int64_t tasks = B * Hkv * chunks;
+  std::vector<float> part_o(tasks * rep * Dv), part_ml(tasks * 2 * rep);
+  const float *qp = q.data_ptr<float>(), *kp = k_cache.data_ptr<float>(), *vp = v_cache.data_ptr<float>();
   const int64_t qs0 = q.stride(0), qs1 = q.stride(1), krow = Hkv * D, vrow = Hkv * Dv;
-  at::parallel_for(0, B * Hq, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(L);
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(rep * ((longest + chunks - 1) / chunks));
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / Hq, h = task % Hq, g = h / rep, len = lp[b];
+      const int64_t b = task / (Hkv * chunks), g = (task / chunks) % Hkv, c = task % chunks, len = lp[b];
       const int64_t first = window > 0 ? std::max<int64_t>(0, len - window) : 0, n = len - first;
-      if (n <= 0) continue;
-      const int64_t* s = sp + b * L + first;
-      key_scores(qp + b * qs0 + h * qs1, kp + g * D, s, krow, n, D, float(scale), scores.data());
-      softmax(scores.data(), n);
-      weighted_values(scores.data(), vp + g * Dv, s, vrow, n, Dv, op + (b * Hq + h) * Dv);
+      const int64_t step = (n + chunks - 1) / chunks;
+      const int64_t p0 = first + std::min(n, c * step), p1 = first + std::min(n, (c + 1) * step);
+      float* ml = part_ml.data() + task * 2 * rep;
+      group_chunk(qp + b * qs0 + g * rep * qs1, qs1, rep, kp + g * D, vp + g * Dv, sp + b * L, krow, vrow, p0, p1, D, Dv,
+                  float(scale), scores.data(), ml, ml + rep, part_o.data() + task * rep * Dv);
     }
   });
+  auto out = torch::zeros({B, Hq, Dv}, q.options());
+  float* op = out.data_ptr<float>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t g = 0; g < Hkv; ++g)
+      for (int64_t h = 0; h < rep; ++h) {
+        const int64_t base = (b * Hkv + g) * chunks;
+        float mx = -INFINITY;
+        for (int64_t c = 0; c < chunks; ++c) mx = std::max(mx, part_ml[(base + c) * 2 * rep + h]);
+        if (mx == -INFINITY) continue;  // no positions
+        float total = 0.f;
+        float* o = op + (b * Hq + g * rep + h) * Dv;
+        for (int64_t c = 0; c < chunks; ++c) {
+          const float* ml = part_ml.data() + (base + c) * 2 * rep;
+          if (ml[h] == -INFINITY) continue;
+          const float w = std::exp(ml[h] - mx);
+          total += w * ml[rep + h];
+          const float* oc = part_o.data() + ((base + c) * rep + h) * Dv;
+          for (int64_t d = 0; d < Dv; ++d) o[d] += w * oc[d];
+        }
+        const float inv = 1.f / total;
+        for (int64_t d = 0; d < Dv; ++d) o[d] *= inv;
+      }
   return out;
 }
 

@@ -12,10 +12,30 @@
 
 namespace {
 
+struct LowRank {  // an adapter's term on the projection's output (engine/layers/low_rank.py)
+  torch::Tensor at;
+  std::vector<torch::Tensor> bts;
+  std::vector<int64_t> rank_starts, col_starts;
+  int64_t offset;  // into the step's column scales; < 0: constant
+};
+
 struct Projection {
   std::vector<torch::Tensor> weights;  // repacked (quant_layout.h)
   std::vector<int64_t> types, rows;
-  torch::Tensor operator()(const torch::Tensor& x) const { return quant_matmul_many(x, weights, types, rows); }
+  c10::optional<LowRank> lora;
+
+  torch::Tensor operator()(const torch::Tensor& x, const c10::optional<torch::Tensor>& column_scales) const {
+    torch::Tensor y = quant_matmul_many(x, weights, types, rows);
+    if (lora) {
+      if (lora->offset < 0) {
+        low_rank_add(y, x, lora->at, lora->bts, lora->rank_starts, lora->col_starts, c10::nullopt);
+      } else if (column_scales) {  // none: this pass adds no term (X-LoRA's scaling pass)
+        const c10::optional<torch::Tensor> s = column_scales->narrow(1, lora->offset, lora->at.size(1));
+        low_rank_add(y, x, lora->at, lora->bts, lora->rank_starts, lora->col_starts, s);
+      }
+    }
+    return y;
+  }
 };
 
 struct Layer {
@@ -50,23 +70,38 @@ struct DecodeStack : torch::CustomClassHolder {
                  double scale, int64_t window, int64_t rope, int64_t gelu) {
     TORCH_CHECK(qkv.size() == 3 && gate_up.size() == 2, "DecodeStack: q/k/v and gate/up projections expected");
     layers.push_back(Layer{attn_norm, ffn_norm, q_norm, k_norm, post_attn_norm, post_ffn_norm,
-                           Projection{qkv, qkv_types, qkv_rows}, Projection{{o}, {o_type}, {o_rows}},
-                           Projection{gate_up, gate_up_types, gate_up_rows}, Projection{{down}, {down_type}, {down_rows}},
+                           Projection{qkv, qkv_types, qkv_rows, {}}, Projection{{o}, {o_type}, {o_rows}, {}},
+                           Projection{gate_up, gate_up_types, gate_up_rows, {}},
+                           Projection{{down}, {down_type}, {down_rows}, {}},
                            heads, kv_heads, head_dim, window, rope, gelu, scale});
+  }
+
+  // A low-rank term on projection `which` (0 q/k/v, 1 o, 2 gate/up, 3 down) of the last layer added.
+  void set_lora(int64_t which, torch::Tensor at, std::vector<torch::Tensor> bts, std::vector<int64_t> rank_starts,
+                std::vector<int64_t> col_starts, int64_t offset) {
+    TORCH_CHECK(!layers.empty() && which >= 0 && which < 4, "DecodeStack.set_lora: no such projection");
+    TORCH_CHECK((at.scalar_type() == torch::kFloat32 || at.scalar_type() == torch::kBFloat16) && at.is_contiguous() &&
+                    at.dim() == 2,
+                "DecodeStack.set_lora: at must be a contiguous float32 or bfloat16 matrix");
+    Layer& L = layers.back();
+    Projection* p[] = {&L.qkv, &L.o, &L.gate_up, &L.down};
+    p[which]->lora = LowRank{at, bts, rank_starts, col_starts, offset};
   }
 
   // x: [T, hidden] float32 (one token per sequence); cos/sin: the step's RoPE tables [T, 1, rot],
   // one pair per rope index; k/v: the caches [layers, slots, kv_heads, head_dim]. Returns x after
-  // the last layer (before the final norm).
+  // the last layer (before the final norm). column_scales: the low-rank terms' [T or 1, C] scales this
+  // pass (None: terms that need them add nothing).
   torch::Tensor step(torch::Tensor x, std::vector<torch::Tensor> cos, std::vector<torch::Tensor> sin, torch::Tensor k_cache,
-                     torch::Tensor v_cache, torch::Tensor slot_mapping, torch::Tensor slots, torch::Tensor lens) {
+                     torch::Tensor v_cache, torch::Tensor slot_mapping, torch::Tensor slots, torch::Tensor lens,
+                     c10::optional<torch::Tensor> column_scales) {
     TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "DecodeStack: x must be float32 [T, hidden]");
     x = x.contiguous().clone();
     const int64_t T = x.size(0);
     for (size_t i = 0; i < layers.size(); ++i) {
       const Layer& L = layers[i];
       const int64_t q_width = L.heads * L.head_dim, kv_width = L.kv_heads * L.head_dim;
-      const torch::Tensor qkv = L.qkv(rms_norm(x, L.attn_norm, eps));
+      const torch::Tensor qkv = L.qkv(rms_norm(x, L.attn_norm, eps), column_scales);
       torch::Tensor q = qkv.narrow(1, 0, q_width).view({T, L.heads, L.head_dim});
       torch::Tensor k = qkv.narrow(1, q_width, kv_width).view({T, L.kv_heads, L.head_dim});
       const torch::Tensor v = qkv.narrow(1, q_width + kv_width, kv_width).view({T, L.kv_heads, L.head_dim});
@@ -77,10 +112,10 @@ struct DecodeStack : torch::CustomClassHolder {
       const torch::Tensor kc = k_cache.select(0, int64_t(i)), vc = v_cache.select(0, int64_t(i));
       kv_write(kc, vc, slot_mapping, k, v);
       const torch::Tensor attn = decode_attention(q, kc, vc, slots, lens, L.scale, L.window);
-      torch::Tensor out = L.o(attn.view({T, q_width}));
+      torch::Tensor out = L.o(attn.view({T, q_width}), column_scales);
       if (L.post_attn_norm) out = rms_norm(out, *L.post_attn_norm, eps);
       x.add_(out);
-      out = L.down(gated(L.gate_up(rms_norm(x, L.ffn_norm, eps)), L.gelu != 0));
+      out = L.down(gated(L.gate_up(rms_norm(x, L.ffn_norm, eps), column_scales), L.gelu != 0), column_scales);
       if (L.post_ffn_norm) out = rms_norm(out, *L.post_ffn_norm, eps);
       x.add_(out);
     }
@@ -93,5 +128,6 @@ TORCH_LIBRARY_FRAGMENT(mistralrs_kernels, m) {
       .def(torch::init<>())
       .def("set_eps", &DecodeStack::set_eps)
       .def("add_layer", &DecodeStack::add_layer)
+      .def("set_lora", &DecodeStack::set_lora)
       .def("step", &DecodeStack::step);
 }

@@ -14,3 +14,6 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Te
                                torch::Tensor lens, double scale, int64_t window);
 torch::Tensor quant_matmul_many(torch::Tensor x, std::vector<torch::Tensor> ws, std::vector<int64_t> qtypes,
                                 std::vector<int64_t> ns);
+void low_rank_add(torch::Tensor& out, const torch::Tensor& x, const torch::Tensor& at, const std::vector<torch::Tensor>& bts,
+                  const std::vector<int64_t>& rank_starts, const std::vector<int64_t>& col_starts,
+                  const c10::optional<torch::Tensor>& scales);

@@ -2,9 +2,9 @@
 
 A family describes each of its layers once (``DecodeLayerSpec``: which norms sit where, the fused
 projections, heads, window, RoPE table, activation). When every layer qualifies (repacked quantized
-projections without biases or adapters, float32 on the CPU), steps in which each sequence decodes
-one token run the whole stack natively; anything else keeps the module path, which stays the
-reference the native one is tested against.
+projections without biases, float32 on the CPU), steps in which each sequence decodes one token run
+the whole stack natively, adapters' low-rank terms included (engine/layers/low_rank.py); anything
+else keeps the module path, which stays the reference the native one is tested against.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from .linear import Linear, LinearGroup
 from .norms import RMSNorm
 
 ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}
+# Adapter factors as the native stack streams them each step (bfloat16: half the bytes of float32;
+# the module path, prefill and the float32 reference mode keep the adapters' own float32 factors)
+ADAPTER_DTYPE = torch.bfloat16
 
 
 @dataclass
@@ -45,24 +48,33 @@ class DecodeLayerSpec:
     post_ffn_norm: RMSNorm | None = None
 
 
-def _single(layer: Linear):
+def _single(layer: nn.Module):
+    """(weights, types, rows, low-rank term) of a projection on its own, or None. An adapter-wrapped
+    layer shows its ``base_layer`` and its ``term`` (engine/layers/low_rank.py)."""
     from ..quant.weights import RepackedWeight
 
-    if type(layer) is Linear and layer.bias is None and isinstance(layer.packed, RepackedWeight):
-        return [layer.packed.packed], [layer.packed.type_id], [layer.packed.shape[0]]
+    base, term = getattr(layer, "base_layer", layer), getattr(layer, "term", None)
+    if base is not layer and term is None:
+        return None
+    if type(base) is Linear and base.bias is None and isinstance(base.packed, RepackedWeight):
+        return [base.packed.packed], [base.packed.type_id], [base.packed.shape[0]], term
     return None
 
 
 def _group(group: LinearGroup):
-    fused = group.native_group()
-    return None if fused is None else (fused.packed, fused.types, fused.rows)
+    plan = group.native_plan()
+    if plan is None:
+        return None
+    fused, term = plan
+    return fused.packed, fused.types, fused.rows, term
 
 
 class DecodeStack:
     """The native stack, or None from :meth:`build` when some layer does not qualify."""
 
-    def __init__(self, native) -> None:
+    def __init__(self, native, source=None) -> None:
         self.native = native
+        self.source = source  # of the low-rank terms' column scales (``flat``), if any term has them
 
     @classmethod
     def build(cls, specs: list[DecodeLayerSpec | None]) -> DecodeStack | None:
@@ -75,24 +87,35 @@ class DecodeStack:
             return None
         stack = torch.classes.mistralrs_kernels.DecodeStack()
         stack.set_eps(norms[0].eps)
+        sources = {}
         for s in specs:
             parts = [_group(s.qkv), _single(s.o), _group(s.gate_up), _single(s.down)]
             if any(p is None for p in parts):
                 return None
-            (qkv, qkv_t, qkv_n), (o, o_t, o_n), (gu, gu_t, gu_n), (down, down_t, down_n) = parts
+            (qkv, qkv_t, qkv_n, _), (o, o_t, o_n, _), (gu, gu_t, gu_n, _), (down, down_t, down_n, _) = parts
             opt = [n.scale() if n is not None else None for n in (s.q_norm, s.k_norm, s.post_attn_norm, s.post_ffn_norm)]
             stack.add_layer(s.attn_norm.scale(), s.ffn_norm.scale(), *opt, qkv, qkv_t, qkv_n, o[0], o_t[0], o_n[0],
                             gu, gu_t, gu_n, down[0], down_t[0], down_n[0], s.heads, s.kv_heads, s.head_dim,
                             float(s.scale), s.window or 0, s.rope, ACTIVATIONS[s.activation])
-        return cls(stack)
+            for which, (*_, term) in enumerate(parts):
+                if term is None:
+                    continue
+                if term.offset is not None:
+                    sources[id(term.source)] = term.source
+                stack.set_lora(which, term.at.to(ADAPTER_DTYPE), [bt.to(ADAPTER_DTYPE) for bt in term.bts],
+                               term.rank_starts, term.col_starts, -1 if term.offset is None else term.offset)
+        if len(sources) > 1:  # one step hands every term the same column scales
+            return None
+        return cls(stack, next(iter(sources.values()), None))
 
     def __call__(self, x: torch.Tensor, ropes: list[tuple[torch.Tensor, torch.Tensor]], cache, batch) -> torch.Tensor:
         """Hidden states after the last layer, when this step can run natively; else None."""
         if (batch.decode is None or x.dtype is not torch.float32 or x.device.type != "cpu"
                 or cache.k.dtype is not torch.float32):
             return None
+        scales = self.source.flat if self.source is not None else None
         return self.native.step(x, [c for c, _ in ropes], [s for _, s in ropes], cache.k, cache.v,
-                                batch.slot_mapping, batch.decode.slots, batch.decode.lens)
+                                batch.slot_mapping, batch.decode.slots, batch.decode.lens, scales)
 
 
 class DecodePlan:

@@ -90,11 +90,15 @@ class LinearGroup:
                 self._fused = None  # each layer applies its own adapter
         self._planned = True
 
-    def native_group(self):
-        """The one-call native product of these layers when no adapter takes part, else None."""
+    def native_plan(self):
+        """(the one-call native product, the adapters' ``LowRankTerm`` or None), or None when the
+        layers take separate calls."""
         if not self._planned:
             self.plan()
-        return self._fused if self._adapter is None else None
+        term = getattr(self._adapter, "term", None)
+        if self._fused is None or (self._adapter is not None and term is None):
+            return None
+        return self._fused, term
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
         if not self._planned:

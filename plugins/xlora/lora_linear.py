@@ -2,11 +2,11 @@
 
 A targeted ``Linear`` is replaced in its parent by a ``LoraLinear`` wrapping it: no family code
 changes, and ``LinearGroup`` keeps the fused q/k/v or gate/up base call and adds the low-rank terms
-(``base_layer`` + ``fuse_group``: A stacked, B block-diagonal, added to the concatenated output;
-measured faster than one addmm per layer even counting B's zeros). All adapters of a layer are
-concatenated: ``A`` [Σr, in] and ``B`` [out, Σr], so any number of adapters costs two small
-matmuls. An adapter's per-token X-LoRA scaling ``s_i`` commutes with ``A``:
-``B(A(x·s_i)) = B(A(x)·s_i)``, applied per rank column.
+(``base_layer`` + ``fuse_group``: A stacked, each layer's B a block written into its own columns of
+the concatenated output). All adapters of a layer are concatenated: ``A`` [Σr, in] and ``B``
+[out, Σr], so any number of adapters costs two small matmuls. An adapter's per-token X-LoRA
+scaling ``s_i`` commutes with ``A``: ``B(A(x·s_i)) = B(A(x)·s_i)``, applied per rank column. The
+terms are engine ``LowRankTerm``s, which the native decode stack also runs.
 """
 
 from __future__ import annotations
@@ -17,25 +17,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mistralrs.engine.kernels import fast_ops
 from mistralrs.engine.layers.decode_stack import DecodePlan
 from mistralrs.engine.layers.linear import Linear, LinearGroup
+from mistralrs.engine.layers.low_rank import LowRankTerm
 
 from .lora_files import AdapterError, LoraModule
 
 log = logging.getLogger(__name__)
-NATIVE_LORA_ROWS = 16  # up to this many tokens (decode) one native call; prefill keeps BLAS matmuls
-
-
-def add_low_rank_(out: torch.Tensor, x: torch.Tensor, at: torch.Tensor, bt: torch.Tensor,
-                  scales: torch.Tensor | None) -> torch.Tensor:
-    """``out += ((x @ at) * scales) @ bt`` in place (``scales`` [1 or T, rank] or None for 1)."""
-    ops = fast_ops(out, x, at) if x.shape[0] <= NATIVE_LORA_ROWS and out.is_contiguous() else None
-    if ops is not None:
-        ops.lora_add_(out, x.contiguous(), at, bt, scales)
-        return out
-    down = x @ at
-    return out.addmm_(down if scales is None else down.mul_(scales), bt)
 
 
 @dataclass
@@ -47,7 +35,7 @@ class AdapterTerm:
 class LoraLinear(nn.Module):
     """``base(x) + Σ_i B_i(A_i(x)) · scale_i · s_i`` with ``s_i`` from ``mixer`` (X-LoRA) or 1, on
     the flat [T, in] activations the engine passes. Factors are stored transposed and contiguous
-    (``x @ Aᵀ`` then an in-place ``addmm``): at decode the cost is a handful of tiny kernels."""
+    (``x @ Aᵀ`` then an in-place add): at decode the cost is one native call."""
 
     def __init__(self, base: Linear, terms: list[AdapterTerm], device: torch.device, dtype: torch.dtype,
                  mixer=None, mixer_layer: int = 0):
@@ -58,33 +46,24 @@ class LoraLinear(nn.Module):
         a = torch.cat([t.lora.a for t in terms])
         scales = torch.cat([torch.full((t.lora.rank,), t.lora.scale) for t in terms])
         b = torch.cat([t.lora.b for t in terms], dim=1)
+        offset = None
         if mixer is None:  # constant scales fold into B
             b = b * scales
         else:  # per-token scales come from the mixer, per rank column
             adapters = torch.cat([torch.full((t.lora.rank,), t.adapter) for t in terms])
             self.column_info = (torch.full_like(adapters, mixer_layer), adapters, scales)
-            self.slot = mixer.add_columns(*self.column_info)
-        self.register_buffer("lora_at", a.T.contiguous().to(device=device, dtype=dtype), persistent=False)
-        self.register_buffer("lora_bt", b.T.contiguous().to(device=device, dtype=dtype), persistent=False)
+            offset = mixer.add_columns(*self.column_info)
+        at = a.T.contiguous().to(device=device, dtype=dtype)
+        self.term = LowRankTerm(at, [b.T.contiguous().to(device=device, dtype=dtype)], [0], [0], offset, mixer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base_layer.forward(x)  # no module-call machinery: this runs per layer and pass
-        scales = None
-        if self.mixer is not None:
-            views = self.mixer.views
-            if views is None:  # scaling pass with scaling_pass_value 0: the base model
-                return y
-            scales = views[self.slot]
-        x = x if x.dtype == self.lora_at.dtype else x.to(self.lora_at.dtype)
-        if y.dtype == x.dtype:
-            return add_low_rank_(y, x, self.lora_at, self.lora_bt, scales)
-        down = x @ self.lora_at
-        return y + ((down if scales is None else down.mul_(scales)) @ self.lora_bt).to(y.dtype)
+        # no module-call machinery for the base: this runs per layer and pass
+        return self.term.add_(self.base_layer.forward(x), x)
 
     @staticmethod
     def fuse_group(layers) -> "LoraGroup | None":
         """One adapter term for layers sharing an input whose base outputs come concatenated
-        (fused q/k/v, gate/up): ``A`` stacked, ``B`` block-diagonal."""
+        (fused q/k/v, gate/up): ``A`` stacked, one ``B`` block per adapted layer."""
         wrapped = [layer for layer in layers if isinstance(layer, LoraLinear)]
         mixers = {id(layer.mixer) for layer in wrapped}
         if len(mixers) != 1:
@@ -92,37 +71,28 @@ class LoraLinear(nn.Module):
         return LoraGroup(layers, wrapped[0].mixer)
 
     def extra_repr(self) -> str:
-        return f"rank={self.lora_at.shape[1]}, {'x-lora' if self.mixer is not None else 'lora'}"
+        return f"rank={self.term.rank}, {'x-lora' if self.mixer is not None else 'lora'}"
 
 
 class LoraGroup:
     """The adapters of a fused group, added into the group's concatenated base output."""
 
     def __init__(self, layers, mixer):
-        self.mixer = mixer
         wrapped = [(i, layer) for i, layer in enumerate(layers) if isinstance(layer, LoraLinear)]
-        first = wrapped[0][1]
-        self.at = torch.cat([layer.lora_at for _, layer in wrapped], dim=1)
         outs = [layer.out_features for layer in layers]
-        bt = first.lora_bt.new_zeros(self.at.shape[1], sum(outs))
-        row = 0
-        for i, layer in wrapped:
-            rank, col = layer.lora_at.shape[1], sum(outs[:i])
-            bt[row : row + rank, col : col + outs[i]] = layer.lora_bt
-            row += rank
-        self.bt = bt
+        ranks = [layer.term.rank for _, layer in wrapped]
+        offset = None
         if mixer is not None:
             info = [layer.column_info for _, layer in wrapped]
-            self.slot = mixer.add_columns(*(torch.cat(part) for part in zip(*info)))
+            offset = mixer.add_columns(*(torch.cat(part) for part in zip(*info)))
+        self.term = LowRankTerm(torch.cat([layer.term.at for _, layer in wrapped], dim=1),
+                                [layer.term.bts[0] for _, layer in wrapped],
+                                [sum(ranks[:j]) for j in range(len(wrapped))], [sum(outs[:i]) for i, _ in wrapped],
+                                offset, mixer)
 
     def add_(self, out: torch.Tensor, x: torch.Tensor) -> None:
         """``out`` [T, Σ out] += the adapters' terms."""
-        if self.mixer is None:
-            add_low_rank_(out, x, self.at, self.bt, None)
-            return
-        views = self.mixer.views
-        if views is not None:  # None: scaling pass with scaling_pass_value 0
-            add_low_rank_(out, x, self.at, self.bt, views[self.slot])
+        self.term.add_(out, x)
 
 
 def target_linear(model: nn.Module, path: str, adapter_name: str = "") -> Linear:
