@@ -141,6 +141,9 @@ def load_model(cfg: ModelConfig, regs: Registries | None = None, quant: QuantCon
     with torch.device("meta"):
         model = family.build(model_cfg)
     _load_weights(model, family, ckpt, model_cfg, path, spec.name, dtype, device, weights_mode(cfg), quant)
+    release = getattr(ckpt, "release_pages", None)  # memory-mapped files: the model holds its own copies now
+    if release is not None:
+        release()
     if adapter is not None and adapter.kind != "none":  # may wrap the model (X-LoRA's dual pass)
         model = resolve(regs.adapters.get(adapter.kind).apply)(model, adapter, device, dtype)
     max_seq_len = cfg.max_seq_len or min(DEFAULT_MAX_SEQ_LEN, model_cfg.max_position_embeddings)

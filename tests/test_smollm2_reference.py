@@ -91,10 +91,24 @@ def model_weight_bytes(model) -> int:
     return total
 
 
+def mapped_rss_kb(path) -> int:
+    """Resident kB of this process's mappings of ``path`` (Linux /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+            inside = len(fields) >= 6 and fields[5] == str(path)
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
+
+
 def test_fast_path_keeps_weights_compact(fast_llm):
     file_bytes = fast_llm.loaded.checkpoint.file_tensor_bytes()
     held = model_weight_bytes(fast_llm.loaded.model)
     assert held <= 1.25 * file_bytes, f"{held} bytes held for {file_bytes} in the file"
+    # the repacked copies replace the file: none of its mapped pages stay resident after loading
+    assert mapped_rss_kb(fast_llm.loaded.checkpoint.path.resolve()) < 1024
 
 
 def test_fast_path_is_as_close_to_float_reference_as_llamacpp(fast_llm, float_ref, llamacpp_ref):

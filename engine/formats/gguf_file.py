@@ -56,6 +56,13 @@ class GGUFLayoutCheckpoint:
     def file_tensor_bytes(self) -> int:
         return sum(e.n_bytes for e in self._entries.values())
 
+    def release_pages(self) -> None:
+        """Drop the file's pages from this process once the model holds its own copies (repacked
+        blocks, float tensors): about the file's size of resident memory. Safe either way: a page
+        read again is faulted back in from the page cache."""
+        if hasattr(mmap, "MADV_DONTNEED"):
+            self._map.madvise(mmap.MADV_DONTNEED)
+
     def tokenizer(self) -> Any:
         from ..tokenizer.gguf_vocab import tokenizer_from_gguf
 
