@@ -83,6 +83,7 @@ def _load_weights(model: nn.Module, family: Any, ckpt: Any, model_cfg: Any, path
     tied = family.tied(model_cfg)
     loaded: set[str] = set()
     isq = InSituQuantizer.from_config(quant, device)  # quant=q4_k etc.: float weights -> GGUF blocks
+    release = getattr(ckpt, "release_pages", None)  # memory-mapped files: drop pages once copied
     for target, raw in tqdm(family.weights(ckpt, model_cfg), total=len(ckpt.tensor_names()), desc="loading weights",
                             unit="tensor", disable=None, leave=False):
         param = expected.get(target)
@@ -98,6 +99,8 @@ def _load_weights(model: nn.Module, family: Any, ckpt: Any, model_cfg: Any, path
             layer.set_packed(packed_weight(raw, device, dtype, need_rows=need_rows), dtype)
         else:
             _set_parameter(model, target, dense_from_raw(raw, dtype, device))
+        if release is not None:
+            release([raw.name])
         loaded.add(target)
     for alias, source in tied.items():
         if alias in loaded:
@@ -143,7 +146,7 @@ def load_model(cfg: ModelConfig, regs: Registries | None = None, quant: QuantCon
     _load_weights(model, family, ckpt, model_cfg, path, spec.name, dtype, device, weights_mode(cfg), quant)
     release = getattr(ckpt, "release_pages", None)  # memory-mapped files: the model holds its own copies now
     if release is not None:
-        release()
+        release()  # (each tensor's pages went as it loaded; this takes the pages around them)
     if adapter is not None and adapter.kind != "none":  # may wrap the model (X-LoRA's dual pass)
         model = resolve(regs.adapters.get(adapter.kind).apply)(model, adapter, device, dtype)
     max_seq_len = cfg.max_seq_len or min(DEFAULT_MAX_SEQ_LEN, model_cfg.max_position_embeddings)

@@ -56,12 +56,23 @@ class GGUFLayoutCheckpoint:
     def file_tensor_bytes(self) -> int:
         return sum(e.n_bytes for e in self._entries.values())
 
-    def release_pages(self) -> None:
-        """Drop the file's pages from this process once the model holds its own copies (repacked
-        blocks, float tensors): about the file's size of resident memory. Safe either way: a page
-        read again is faulted back in from the page cache."""
-        if hasattr(mmap, "MADV_DONTNEED"):
+    def release_pages(self, names: list[str] | None = None) -> None:
+        """Drop the pages of these tensors (default: the whole file) from this process once the
+        model holds its own copies (repacked blocks, float tensors): loading then never holds a
+        model twice. Safe either way: a page read again is faulted back in from the page cache."""
+        if not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        if names is None:
             self._map.madvise(mmap.MADV_DONTNEED)
+            return
+        for name in names:
+            e = self._entries.get(name)
+            if e is None:
+                continue
+            start = -(-e.offset // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the tensor only
+            end = (e.offset + e.n_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
+            if end > start:
+                self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
 
     def tokenizer(self) -> Any:
         from ..tokenizer.gguf_vocab import tokenizer_from_gguf
