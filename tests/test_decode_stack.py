@@ -49,6 +49,7 @@ def both_paths(llm):
 
 @pytest.mark.parametrize("family, quant, extra", [
     ("llama", "q4_0", ()),
+    ("llama", "none", ("model.dtype=float32",)),  # float32 weights: BLAS products inside the stack
     ("mistral", "q8_0", ("model.sliding_window=8",)),  # windows shorter than the prompts
     ("gemma", "q5_1", ()),  # GeGLU, (1 + w) norms, scaled embeddings
     ("gemma3", "q8_0", ()),  # Q/K norms, sandwich norms, local/global layers with two RoPE tables
@@ -65,8 +66,8 @@ def test_native_stack_equals_module_path(family, quant, extra, tiny_llama):
 
 
 def test_stack_stands_aside_where_it_does_not_apply(tiny_llama):
-    # dense float32 weights (the exact reference mode), and a mixture of experts
-    assert load("llama", tiny_llama, "model.dtype=float32").loaded.model.decode_plan.stack() is None
+    # bfloat16 activations and weights, and a mixture of experts
+    assert load("llama", tiny_llama, "model.dtype=bfloat16").loaded.model.decode_plan.stack() is None
     mixtral = load("mixtral", TINY / "mixtral.gguf", "quant=q8_0")
     assert mixtral.loaded.model.decode_plan.stack() is None
     tokens, _ = engine_greedy(mixtral, PROMPTS[:2], steps=3)
@@ -117,10 +118,11 @@ def adapter_dtype(request, monkeypatch):
     return request.param
 
 
-def test_unmerged_lora_terms_run_natively(adapter_dtype):
+@pytest.mark.parametrize("weights", [("quant=q8_0", "model.weights=packed"), ()], ids=["q8_0", "float32"])
+def test_unmerged_lora_terms_run_natively(adapter_dtype, weights):
     from test_lora_peft import CASES, IDS, load_lora
 
-    llm = load_lora(CASES["two"], "quant=q8_0", "model.weights=packed")
+    llm = load_lora(CASES["two"], "adapter.merge=false", *weights)
     stack = plan_of(llm).stack()
     assert stack is not None and stack.source is None  # constant scales, folded into B
     assert_same_decoding(llm, IDS, ADAPTER_TOLERANCE[adapter_dtype])
@@ -128,13 +130,14 @@ def test_unmerged_lora_terms_run_natively(adapter_dtype):
 
 @pytest.mark.parametrize("variant", ["v1_default", "v2_layerwise_topk_temp"])
 @pytest.mark.parametrize("non_granular", [None, 2])
-def test_xlora_passes_run_natively(tmp_path, variant, non_granular, adapter_dtype):
+@pytest.mark.parametrize("weights", [("quant=q8_0", "model.weights=packed"), ()], ids=["q8_0", "float32"])
+def test_xlora_passes_run_natively(tmp_path, variant, non_granular, adapter_dtype, weights):
     """Scaling pass (no terms) and main pass (per-token, per-layer scalings) through the native
     stack, for sequences of different lengths decoding together, equal the module path."""
     from xlora_layouts import load_xlora, mistralrs_layout, prompts
 
     extra = [] if non_granular is None else [f"adapter.tgt_non_granular_index={non_granular}"]
-    llm = load_xlora(mistralrs_layout(tmp_path / "x", variant), "quant=q8_0", "model.weights=packed", *extra)
+    llm = load_xlora(mistralrs_layout(tmp_path / "x", variant), *weights, *extra)
     stack = plan_of(llm).stack()
     assert stack is not None and stack.source is llm.loaded.model.mixer
     assert_same_decoding(llm, prompts([3, 9, 14]), ADAPTER_TOLERANCE[adapter_dtype])

@@ -6,6 +6,7 @@
 #include <torch/extension.h>
 #include <torch/custom_class.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "ops.h"
@@ -15,23 +16,33 @@ namespace {
 struct LowRank {  // an adapter's term on the projection's output (engine/layers/low_rank.py)
   torch::Tensor at;
   std::vector<torch::Tensor> bts;
-  std::vector<int64_t> rank_starts, col_starts;
+  std::vector<int64_t> rank_starts, col_starts;  // col_starts: columns of the projection's whole output
   int64_t offset;  // into the step's column scales; < 0: constant
 };
 
+constexpr int64_t kDense = -1;  // a float32 [N, K] weight instead of repacked blocks
+
 struct Projection {
-  std::vector<torch::Tensor> weights;  // repacked (quant_layout.h)
+  std::vector<torch::Tensor> weights;  // repacked (quant_layout.h), or dense float32
   std::vector<int64_t> types, rows;
-  c10::optional<LowRank> lora;
+  std::vector<LowRank> loras;
 
   torch::Tensor operator()(const torch::Tensor& x, const c10::optional<torch::Tensor>& column_scales) const {
-    torch::Tensor y = quant_matmul_many(x, weights, types, rows);
-    if (lora) {
-      if (lora->offset < 0) {
-        low_rank_add(y, x, lora->at, lora->bts, lora->rank_starts, lora->col_starts, c10::nullopt);
+    torch::Tensor y;
+    if (std::find(types.begin(), types.end(), kDense) == types.end()) {
+      y = quant_matmul_many(x, weights, types, rows);
+    } else {  // float weights (or a mix, where a quantizer left some float): BLAS per weight
+      std::vector<torch::Tensor> parts;
+      for (size_t i = 0; i < weights.size(); ++i)
+        parts.push_back(types[i] == kDense ? at::mm(x, weights[i].t()) : quant_matmul_many(x, {weights[i]}, {types[i]}, {rows[i]}));
+      y = parts.size() == 1 ? parts[0] : at::cat(parts, 1);
+    }
+    for (const LowRank& lora : loras) {
+      if (lora.offset < 0) {
+        low_rank_add(y, x, lora.at, lora.bts, lora.rank_starts, lora.col_starts, c10::nullopt);
       } else if (column_scales) {  // none: this pass adds no term (X-LoRA's scaling pass)
-        const c10::optional<torch::Tensor> s = column_scales->narrow(1, lora->offset, lora->at.size(1));
-        low_rank_add(y, x, lora->at, lora->bts, lora->rank_starts, lora->col_starts, s);
+        const c10::optional<torch::Tensor> s = column_scales->narrow(1, lora.offset, lora.at.size(1));
+        low_rank_add(y, x, lora.at, lora.bts, lora.rank_starts, lora.col_starts, s);
       }
     }
     return y;
@@ -76,7 +87,8 @@ struct DecodeStack : torch::CustomClassHolder {
                            heads, kv_heads, head_dim, window, rope, gelu, scale});
   }
 
-  // A low-rank term on projection `which` (0 q/k/v, 1 o, 2 gate/up, 3 down) of the last layer added.
+  // A low-rank term on projection `which` (0 q/k/v, 1 o, 2 gate/up, 3 down) of the last layer added
+  // (several add up: the members of a group over float weights each bring their own).
   void set_lora(int64_t which, torch::Tensor at, std::vector<torch::Tensor> bts, std::vector<int64_t> rank_starts,
                 std::vector<int64_t> col_starts, int64_t offset) {
     TORCH_CHECK(!layers.empty() && which >= 0 && which < 4, "DecodeStack.set_lora: no such projection");
@@ -85,7 +97,7 @@ struct DecodeStack : torch::CustomClassHolder {
                 "DecodeStack.set_lora: at must be a contiguous float32 or bfloat16 matrix");
     Layer& L = layers.back();
     Projection* p[] = {&L.qkv, &L.o, &L.gate_up, &L.down};
-    p[which]->lora = LowRank{at, bts, rank_starts, col_starts, offset};
+    p[which]->loras.push_back(LowRank{at, bts, rank_starts, col_starts, offset});
   }
 
   // x: [T, hidden] float32 (one token per sequence); cos/sin: the step's RoPE tables [T, 1, rot],

@@ -1,10 +1,10 @@
 """Every decoder layer's decode step in one native call (engine/kernels/decode_stack.cpp).
 
 A family describes each of its layers once (``DecodeLayerSpec``: which norms sit where, the fused
-projections, heads, window, RoPE table, activation). When every layer qualifies (repacked quantized
-projections without biases, float32 on the CPU), steps in which each sequence decodes one token run
-the whole stack natively, adapters' low-rank terms included (engine/layers/low_rank.py); anything
-else keeps the module path, which stays the reference the native one is tested against.
+projections, heads, window, RoPE table, activation). When every layer qualifies (projections without
+biases over repacked quantized or float32 weights, on the CPU), steps in which each sequence decodes
+one token run the whole stack natively, adapters' low-rank terms included (engine/layers/low_rank.py);
+anything else keeps the module path, which stays the reference the native one is tested against.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from .linear import Linear, LinearGroup
 from .norms import RMSNorm
 
 ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}
-# Adapter factors as the native stack streams them each step (bfloat16: half the bytes of float32;
-# the module path, prefill and the float32 reference mode keep the adapters' own float32 factors)
+# Adapter factors as the native stack streams them over quantized weights, each step (bfloat16: half
+# the bytes of float32). Over float32 weights (the exact reference mode, float models), in prefill and
+# on the module path the adapters keep their own float32 factors.
 ADAPTER_DTYPE = torch.bfloat16
 
 
@@ -48,25 +49,39 @@ class DecodeLayerSpec:
     post_ffn_norm: RMSNorm | None = None
 
 
-def _single(layer: nn.Module):
-    """(weights, types, rows, low-rank term) of a projection on its own, or None. An adapter-wrapped
-    layer shows its ``base_layer`` and its ``term`` (engine/layers/low_rank.py)."""
-    from ..quant.weights import RepackedWeight
+DENSE = -1  # decode_stack.cpp's type code for a float32 weight
 
-    base, term = getattr(layer, "base_layer", layer), getattr(layer, "term", None)
-    if base is not layer and term is None:
+
+def _weight(layer: nn.Module):
+    """(tensor, type code, rows) of a layer's weight as the native stack takes it, or None."""
+    from ..quant.weights import DenseWeight, RepackedWeight
+
+    if type(layer) is not Linear or layer.bias is not None:
         return None
-    if type(base) is Linear and base.bias is None and isinstance(base.packed, RepackedWeight):
-        return [base.packed.packed], [base.packed.type_id], [base.packed.shape[0]], term
+    packed = layer.packed
+    if isinstance(packed, RepackedWeight):
+        return packed.packed, packed.type_id, packed.shape[0]
+    dense = packed.tensor if isinstance(packed, DenseWeight) else layer.weight if packed is None else None
+    if dense is not None and dense.dtype is torch.float32 and dense.device.type == "cpu" and dense.is_contiguous():
+        return dense, DENSE, dense.shape[0]
     return None
 
 
-def _group(group: LinearGroup):
-    plan = group.native_plan()
-    if plan is None:
+def _projection(layers: list[nn.Module], group: LinearGroup | None):
+    """(weights, types, rows, [(low-rank term, first output column)]) of layers sharing an input, or
+    None. An adapter-wrapped layer shows its ``base_layer`` and its ``term`` (engine/layers/low_rank.py);
+    a fused group of packed weights has one term for all its members."""
+    bases = [getattr(layer, "base_layer", layer) for layer in layers]
+    weights = [_weight(base) for base in bases]
+    if any(w is None for w in weights) or any(b is not l and getattr(l, "term", None) is None for l, b in zip(layers, bases)):
         return None
-    fused, term = plan
-    return fused.packed, fused.types, fused.rows, term
+    plan = group.native_plan() if group is not None else None
+    if plan is not None and plan[1] is not None:
+        terms = [(plan[1], 0)]
+    else:
+        starts = [sum(w[2] for w in weights[:i]) for i in range(len(weights))]
+        terms = [(layer.term, start) for layer, base, start in zip(layers, bases, starts) if layer is not base]
+    return [w[0] for w in weights], [w[1] for w in weights], [w[2] for w in weights], terms
 
 
 class DecodeStack:
@@ -89,7 +104,8 @@ class DecodeStack:
         stack.set_eps(norms[0].eps)
         sources = {}
         for s in specs:
-            parts = [_group(s.qkv), _single(s.o), _group(s.gate_up), _single(s.down)]
+            parts = [_projection(list(s.qkv.layers()), s.qkv), _projection([s.o], None),
+                     _projection(list(s.gate_up.layers()), s.gate_up), _projection([s.down], None)]
             if any(p is None for p in parts):
                 return None
             (qkv, qkv_t, qkv_n, _), (o, o_t, o_n, _), (gu, gu_t, gu_n, _), (down, down_t, down_n, _) = parts
@@ -97,13 +113,14 @@ class DecodeStack:
             stack.add_layer(s.attn_norm.scale(), s.ffn_norm.scale(), *opt, qkv, qkv_t, qkv_n, o[0], o_t[0], o_n[0],
                             gu, gu_t, gu_n, down[0], down_t[0], down_n[0], s.heads, s.kv_heads, s.head_dim,
                             float(s.scale), s.window or 0, s.rope, ACTIVATIONS[s.activation])
-            for which, (*_, term) in enumerate(parts):
-                if term is None:
-                    continue
-                if term.offset is not None:
-                    sources[id(term.source)] = term.source
-                stack.set_lora(which, term.at.to(ADAPTER_DTYPE), [bt.to(ADAPTER_DTYPE) for bt in term.bts],
-                               term.rank_starts, term.col_starts, -1 if term.offset is None else term.offset)
+            for which, (_, types, _, terms) in enumerate(parts):
+                factors = torch.float32 if DENSE in types else ADAPTER_DTYPE
+                for term, shift in terms:
+                    if term.offset is not None:
+                        sources[id(term.source)] = term.source
+                    stack.set_lora(which, term.at.to(factors), [bt.to(factors) for bt in term.bts],
+                                   term.rank_starts, [c + shift for c in term.col_starts],
+                                   -1 if term.offset is None else term.offset)
         if len(sources) > 1:  # one step hands every term the same column scales
             return None
         return cls(stack, next(iter(sources.values()), None))

@@ -90,6 +90,10 @@ class LinearGroup:
                 self._fused = None  # each layer applies its own adapter
         self._planned = True
 
+    def layers(self) -> tuple[nn.Module, ...]:
+        """The grouped layers as they are now (adapter wrappers included)."""
+        return tuple(getattr(self.owner, n) for n in self.names)
+
     def native_plan(self):
         """(the one-call native product, the adapters' ``LowRankTerm`` or None), or None when the
         layers take separate calls."""
