@@ -6,6 +6,7 @@ step stays O(layers).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -86,27 +87,33 @@ def contiguous_batch(starts: list[int], q_lens: list[int], past_lens: list[int],
     )
 
 
+@functools.lru_cache(maxsize=8)
+def _block_offsets(block_size: int) -> torch.Tensor:
+    return torch.arange(block_size)
+
+
 def paged_batch(chunks: list[tuple[list[int], int, int]], block_size: int, device: torch.device) -> AttentionBatch:
     """A batch over a paged cache. Each chunk is (block table, tokens already cached, new tokens);
-    slot of position p = table[p // block_size] * block_size + p % block_size."""
+    slot of position p = table[p // block_size] * block_size + p % block_size. Built every step, so
+    it keeps to a few tensor ops per sequence."""
     positions, slots, segments = [], [], []
-    offsets = torch.arange(block_size)
+    offsets = _block_offsets(block_size)
     q_start = 0
     for table, cached, n in chunks:
         ctx = cached + n
-        kv_slots = (torch.tensor(table[: -(-ctx // block_size)]).unsqueeze(1) * block_size + offsets).flatten()[:ctx]
+        kv_slots = (torch.tensor(table[: -(-ctx // block_size)]).unsqueeze(1) * block_size + offsets).view(-1)[:ctx]
         positions.append(torch.arange(cached, ctx))
         slots.append(kv_slots[cached:])
-        segments.append(SeqSegment(q_start, n, ctx, kv_slots.to(device)))
+        segments.append(SeqSegment(q_start, n, ctx, kv_slots if device.type == "cpu" else kv_slots.to(device)))
         q_start += n
     decode = None
     if all(seg.q_len == 1 for seg in segments):
         contexts = [seg.kv_slots for seg in segments]
-        decode = DecodeSlots(torch.nn.utils.rnn.pad_sequence(contexts, batch_first=True),
-                             torch.tensor([seg.ctx_len for seg in segments], device=device))
+        padded = contexts[0].unsqueeze(0) if len(contexts) == 1 else torch.nn.utils.rnn.pad_sequence(contexts, batch_first=True)
+        decode = DecodeSlots(padded, torch.tensor([seg.ctx_len for seg in segments], device=device))
     return AttentionBatch(
-        positions=torch.cat(positions).to(device),
-        slot_mapping=torch.cat(slots).to(device),
+        positions=(positions[0] if len(positions) == 1 else torch.cat(positions)).to(device),
+        slot_mapping=(slots[0] if len(slots) == 1 else torch.cat(slots)).to(device),
         segments=segments,
         decode=decode,
     )

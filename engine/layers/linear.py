@@ -75,7 +75,7 @@ class LinearGroup:
     def plan(self) -> None:
         from mistralrs.engine.quant.weights import native_group
 
-        self._layers = tuple(getattr(self.owner, n) for n in self.names)
+        self._layers = self.layers()
         # An adapter wrapping a layer (``base_layer``, and ``fuse_group(layers)`` giving an object
         # whose ``add_(out, x)`` adds its terms to the concatenated outputs) keeps the fused base call.
         bases = [getattr(layer, "base_layer", layer) for layer in self._layers]
