@@ -26,6 +26,7 @@
 
 #pragma once
 
+#include <torch/extension.h>
 #include <c10/util/Half.h>
 
 #include <cstdint>
@@ -81,6 +82,14 @@ inline Layout layout(int64_t t) {
 inline int64_t row_blocks(int64_t n) { return (n + kRows - 1) / kRows; }
 inline int64_t packed_bytes(const Layout& L, int64_t n, int64_t k) {
   return row_blocks(n) * (k / kGroup / L.unit_groups) * L.unit_bytes();
+}
+
+// A packed [n, k] weight of layout L, or a clear error.
+inline void check_packed(const torch::Tensor& w, const Layout& L, int64_t n, int64_t k) {
+  TORCH_CHECK(w.scalar_type() == torch::kUInt8 && w.is_contiguous(), "quantized kernels: packed weight must be contiguous uint8");
+  TORCH_CHECK(k % L.block == 0, "quantized kernels: K=", k, " is not a multiple of the block size ", L.block);
+  TORCH_CHECK(w.numel() == packed_bytes(L, n, k), "quantized kernels: packed weight has ", w.numel(), " bytes, expected ",
+              packed_bytes(L, n, k));
 }
 
 inline float f16(const uint8_t* p) {

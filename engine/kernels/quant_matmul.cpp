@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "quant_layout.h"
@@ -359,34 +360,29 @@ void run_blocks(const uint8_t* w, int64_t n, const QuantizedX& x, float* y, int6
   }
 }
 
-void dispatch(int64_t t, const uint8_t* w, int64_t n, const QuantizedX& x, float* y, int64_t ldy, int64_t b0, int64_t b1) {
+// f(std::integral_constant<int64_t, T>) for the runtime type t: one table for every kernel
+template <class F>
+void with_type(int64_t t, F&& f) {
   switch (t) {
-    case Q4_0: return run_blocks<Q4_0>(w, n, x, y, ldy, b0, b1);
-    case Q4_1: return run_blocks<Q4_1>(w, n, x, y, ldy, b0, b1);
-    case Q5_0: return run_blocks<Q5_0>(w, n, x, y, ldy, b0, b1);
-    case Q5_1: return run_blocks<Q5_1>(w, n, x, y, ldy, b0, b1);
-    case Q8_0: return run_blocks<Q8_0>(w, n, x, y, ldy, b0, b1);
-    case Q2_K: return run_blocks<Q2_K>(w, n, x, y, ldy, b0, b1);
-    case Q3_K: return run_blocks<Q3_K>(w, n, x, y, ldy, b0, b1);
-    case Q4_K: return run_blocks<Q4_K>(w, n, x, y, ldy, b0, b1);
-    case Q5_K: return run_blocks<Q5_K>(w, n, x, y, ldy, b0, b1);
-    case Q6_K: return run_blocks<Q6_K>(w, n, x, y, ldy, b0, b1);
+    case Q4_0: return f(std::integral_constant<int64_t, Q4_0>{});
+    case Q4_1: return f(std::integral_constant<int64_t, Q4_1>{});
+    case Q5_0: return f(std::integral_constant<int64_t, Q5_0>{});
+    case Q5_1: return f(std::integral_constant<int64_t, Q5_1>{});
+    case Q8_0: return f(std::integral_constant<int64_t, Q8_0>{});
+    case Q2_K: return f(std::integral_constant<int64_t, Q2_K>{});
+    case Q3_K: return f(std::integral_constant<int64_t, Q3_K>{});
+    case Q4_K: return f(std::integral_constant<int64_t, Q4_K>{});
+    case Q5_K: return f(std::integral_constant<int64_t, Q5_K>{});
+    case Q6_K: return f(std::integral_constant<int64_t, Q6_K>{});
   }
 }
 
+void dispatch(int64_t t, const uint8_t* w, int64_t n, const QuantizedX& x, float* y, int64_t ldy, int64_t b0, int64_t b1) {
+  with_type(t, [&](auto T) { run_blocks<T.value>(w, n, x, y, ldy, b0, b1); });
+}
+
 void dispatch_dequantize(int64_t t, const uint8_t* block, int64_t K, float* out, int64_t ld, int nrows) {
-  switch (t) {
-    case Q4_0: return dequantize_block<Q4_0>(block, K, out, ld, nrows);
-    case Q4_1: return dequantize_block<Q4_1>(block, K, out, ld, nrows);
-    case Q5_0: return dequantize_block<Q5_0>(block, K, out, ld, nrows);
-    case Q5_1: return dequantize_block<Q5_1>(block, K, out, ld, nrows);
-    case Q8_0: return dequantize_block<Q8_0>(block, K, out, ld, nrows);
-    case Q2_K: return dequantize_block<Q2_K>(block, K, out, ld, nrows);
-    case Q3_K: return dequantize_block<Q3_K>(block, K, out, ld, nrows);
-    case Q4_K: return dequantize_block<Q4_K>(block, K, out, ld, nrows);
-    case Q5_K: return dequantize_block<Q5_K>(block, K, out, ld, nrows);
-    case Q6_K: return dequantize_block<Q6_K>(block, K, out, ld, nrows);
-  }
+  with_type(t, [&](auto T) { dequantize_block<T.value>(block, K, out, ld, nrows); });
 }
 
 #else  // portable: decode each row-block to floats, then float dot products (non-x86 machines)
@@ -431,10 +427,7 @@ torch::Tensor quant_matmul_many(torch::Tensor x, std::vector<torch::Tensor> ws, 
   std::vector<const uint8_t*> wp(P);
   for (size_t i = 0; i < P; ++i) {
     const Layout L = layout(qtypes[i]);
-    TORCH_CHECK(ws[i].scalar_type() == torch::kUInt8 && ws[i].is_contiguous(), "quant_matmul: packed weights must be contiguous uint8");
-    TORCH_CHECK(K % L.block == 0, "quant_matmul: K=", K, " is not a multiple of the block size ", L.block);
-    TORCH_CHECK(ws[i].numel() == packed_bytes(L, ns[i], K), "quant_matmul: weight ", i, " has ", ws[i].numel(),
-                " bytes, expected ", packed_bytes(L, ns[i], K));
+    check_packed(ws[i], L, ns[i], K);
     wp[i] = ws[i].data_ptr<uint8_t>();
     first_block[i + 1] = first_block[i] + row_blocks(ns[i]);
     first_col[i + 1] = first_col[i] + ns[i];
@@ -469,8 +462,7 @@ torch::Tensor quant_matmul(torch::Tensor x, torch::Tensor w, int64_t qtype, int6
 // The whole weight as float32 [N, K] (prefill multiplies it with the BLAS matmul).
 torch::Tensor quant_dequantize(torch::Tensor w, int64_t qtype, int64_t n, int64_t k) {
   const Layout L = layout(qtype);
-  TORCH_CHECK(w.scalar_type() == torch::kUInt8 && w.is_contiguous() && k % L.block == 0 && w.numel() == packed_bytes(L, n, k),
-              "quant_dequantize: expected a packed [", n, ", ", k, "] weight of type ", qtype);
+  check_packed(w, L, n, k);
   auto out = torch::empty({n, k}, torch::kFloat32);
   const uint8_t* wp = w.data_ptr<uint8_t>();
   float* op = out.data_ptr<float>();

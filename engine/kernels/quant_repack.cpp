@@ -19,13 +19,6 @@ void check_raw(const torch::Tensor& raw, const Layout& L, int64_t n, int64_t k) 
               n * (k / L.block) * L.block_bytes);
 }
 
-void check_packed(const torch::Tensor& w, const Layout& L, int64_t n, int64_t k) {
-  TORCH_CHECK(w.scalar_type() == torch::kUInt8 && w.is_contiguous(), "quantized kernels: packed weight must be contiguous uint8");
-  TORCH_CHECK(k % L.block == 0, "quantized kernels: K=", k, " is not a multiple of the block size ", L.block);
-  TORCH_CHECK(w.numel() == packed_bytes(L, n, k), "quantized kernels: packed weight has ", w.numel(), " bytes, expected ",
-              packed_bytes(L, n, k));
-}
-
 // Write one row's group into the packed group (codes and planes) at `lane`.
 void put_codes(const Layout& L, uint8_t* group, int lane, const uint8_t* c) {
   uint8_t* codes = group + L.group_header;
