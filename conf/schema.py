@@ -108,13 +108,20 @@ class ServeConfig:
 
 @dataclass
 class BenchConfig:
+    # engine: the engine alone, in this process; served: our OpenAI server in a subprocess, driven by
+    # the openai client at each of `streams` concurrent streams (decode_tokens each) plus TTFT for a
+    # prompt_tokens-token prompt
+    mode: str = "engine"
     prompt_tokens: int = 512
     decode_tokens: int = 256
     repeats: int = 3
     warmup: int = 1
+    streams: list[int] = field(default_factory=lambda: [1, 4, 16])  # served mode
     output: Optional[str] = None  # JSONL file to append a result row to (multirun: the sweep dir)
-    # peer engines run on the same GGUF file, prompt and thread count: "llama.cpp", "mistral.rs"
+    # peer engines run on the same GGUF file, prompt and thread count. engine mode: "llama.cpp"
+    # (llama-cpp-python), "llama-bench" (llama.cpp's binary), "mistral.rs"; served mode: "llama-server"
     peers: list[str] = field(default_factory=list)
+    llama_cpp_bin: Optional[str] = None  # folder with llama-server and llama-bench (default: PATH)
     llama_cpp_python: Optional[str] = None  # a Python with llama-cpp-python (default: this one)
     mistralrs_rs_python: Optional[str] = None  # a Python whose `mistralrs` is mistral.rs's wheel
 

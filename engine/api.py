@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from mistralrs.conf.schema import Config
 
+from .compute_thread import compute_thread
 from .config import compose_config, to_schema
 from .llm_engine import LLMEngine
 from .loader import LoadedModel, load_model
@@ -41,19 +42,22 @@ def sampling_from(defaults: Any, overrides: dict[str, Any]) -> SamplingParams:
 
 
 class LLM:
-    """A loaded model with its tokenizer; thread-unsafe (one generation at a time)."""
+    """A loaded model with its tokenizer; one generation at a time. Its computation (loading included)
+    runs on the process's compute thread, whichever thread calls (see compute_thread.py)."""
 
     def __init__(self, config: Config, loaded: LoadedModel):
         self.config = config
         self.loaded = loaded
-        self.engine = LLMEngine(loaded, config.engine)
+        self.compute = compute_thread()
+        self.engine = self.compute.call(lambda: LLMEngine(loaded, config.engine))
 
     @classmethod
     def from_config(cls, cfg: DictConfig | Config) -> "LLM":
         config = to_schema(cfg)
         if config.engine.threads:
             torch.set_num_threads(config.engine.threads)
-        return cls(config, load_model(config.model, quant=config.quant, adapter=config.adapter))
+        loaded = compute_thread().call(lambda: load_model(config.model, quant=config.quant, adapter=config.adapter))
+        return cls(config, loaded)
 
     @property
     def tokenizer(self) -> Any:
@@ -102,7 +106,7 @@ class LLM:
             raise ValueError("logits() needs at least one token")
         if len(ids) > self.loaded.max_seq_len:
             raise ValueError(f"{len(ids)} tokens exceed the context of {self.loaded.max_seq_len}")
-        return full_logits(self.loaded.model, ids, self.loaded.dtype, self.loaded.device).cpu()
+        return self.compute.call(lambda: full_logits(self.loaded.model, ids, self.loaded.dtype, self.loaded.device).cpu())
 
     def run(self, prompts: list[list[int]], **sampling: Any) -> Iterator[tuple[int, SeqEvent]]:
         """Generate for token-id prompts through the engine; yields ``(prompt index, event)`` per
@@ -110,6 +114,7 @@ class LLM:
         params = sampling_from(self.config.sampling, sampling)
         events: deque[tuple[int, SeqEvent]] = deque()
         seqs = []
+        call = self.compute.call
         try:
             for i, ids in enumerate(prompts):
                 room = self.loaded.max_seq_len - len(ids)
@@ -117,16 +122,15 @@ class LLM:
                     raise ValueError(f"the prompt has {len(ids)} tokens; the context holds {self.loaded.max_seq_len} "
                                      f"(raise model.max_seq_len if the model allows more)")
                 p = dataclasses.replace(params, max_tokens=min(params.max_tokens, room), n=1)
-                seqs += self.engine.add_request(ids, p, lambda ev, i=i: events.append((i, ev)))
+                seqs += call(lambda p=p, i=i, ids=ids: self.engine.add_request(ids, p, lambda ev: events.append((i, ev))))
             while any(not s.is_finished for s in seqs):
-                self.engine.step()
+                call(self.engine.step)
                 while events:
                     yield events.popleft()
             while events:
                 yield events.popleft()
         finally:
-            for s in seqs:
-                self.engine.abort(s)
+            call(lambda: [self.engine.abort(s) for s in seqs])
 
     def _events(self, ids: list[list[int]], sampling: dict[str, Any]) -> Iterator[tuple[int, str]]:
         for index, event in self.run(ids, **sampling):

@@ -1,18 +1,18 @@
-"""The engine in its own thread, with an asyncio face: submit a request, stream its events.
+"""The engine on the compute thread, with an asyncio face: submit a request, stream its events.
 
-Only the engine thread touches engine state; coroutines hand it callables through a queue and get
-results back as futures. Events travel the other way through ``call_soon_threadsafe``.
+Only the compute thread (compute_thread.py) touches engine state: the engine steps there as a poller,
+and coroutines hand it callables and get results back as futures. Events travel the other way through
+``call_soon_threadsafe``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import queue
-import threading
 from concurrent.futures import Future
 from typing import AsyncIterator, Callable, TypeVar
 
+from .compute_thread import ComputeThread, compute_thread
 from .llm_engine import EngineStats, LLMEngine
 from .sampler import SamplingParams
 from .sequence import SeqEvent
@@ -26,44 +26,27 @@ class EngineClosed(RuntimeError):
 
 
 class AsyncEngine:
-    def __init__(self, engine: LLMEngine):
+    def __init__(self, engine: LLMEngine, compute: ComputeThread | None = None):
         self.engine = engine
-        self._inbox: queue.SimpleQueue[tuple[Callable[[], object], Future]] = queue.SimpleQueue()
-        self._wake = threading.Event()
+        self.compute = compute or compute_thread()
         self._closing = False
         self._stopped = False
-        self._thread = threading.Thread(target=self._loop, name="mistralrs-engine", daemon=True)
 
-    # -- the engine thread ------------------------------------------------------------------------
+    # -- on the compute thread ----------------------------------------------------------------------
     def start(self) -> "AsyncEngine":
-        self._thread.start()
+        self.compute.add_poller(self._poll)
         return self
 
-    def _loop(self) -> None:
-        while not self._stopped:
-            self._drain()
-            if self.engine.has_work():
-                try:
-                    self.engine.step()
-                except Exception as exc:  # a failed step must not leave clients waiting forever
-                    log.exception("engine step failed: %s", exc)
-                    self._end_all("error")
-            else:
-                self._wake.wait(timeout=0.05)
-                self._wake.clear()
-        self._drain()
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                fn, fut = self._inbox.get_nowait()
-            except queue.Empty:
-                return
-            if fut.set_running_or_notify_cancel():
-                try:
-                    fut.set_result(fn())
-                except Exception as exc:
-                    fut.set_exception(exc)
+    def _poll(self) -> bool:
+        """One engine step if there is work; False lets the compute thread sleep."""
+        if self._stopped or not self.engine.has_work():
+            return False
+        try:
+            self.engine.step()
+        except Exception as exc:  # a failed step must not leave clients waiting forever
+            log.exception("engine step failed: %s", exc)
+            self._end_all("error")
+        return True
 
     def _end_all(self, reason: str) -> None:
         """Finish every queued and running sequence with ``reason`` (error | abort)."""
@@ -74,14 +57,12 @@ class AsyncEngine:
             seq.emit(SeqEvent(seq.seq_id, seq.index, None, "", finish_reason=reason))
 
     def call(self, fn: Callable[[], T]) -> "Future[T]":
-        """Run ``fn`` on the engine thread between steps."""
-        fut: Future = Future()
+        """Run ``fn`` on the compute thread between steps."""
         if self._stopped:
+            fut: Future = Future()
             fut.set_exception(EngineClosed("the engine has shut down"))
             return fut
-        self._inbox.put((fn, fut))
-        self._wake.set()
-        return fut
+        return self.compute.submit(fn)
 
     # -- the asyncio side --------------------------------------------------------------------------
     async def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[SeqEvent]:
@@ -126,7 +107,9 @@ class AsyncEngine:
             if not await asyncio.wrap_future(self.call(self.engine.has_work)):
                 break
             await asyncio.sleep(0.05)
-        await asyncio.wrap_future(self.call(lambda: self._end_all("abort")))
-        self._stopped = True
-        self._wake.set()
-        await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 5.0)
+        def stop() -> None:
+            self._end_all("abort")
+            self._stopped = True
+            self.compute.remove_poller(self._poll)
+
+        await asyncio.wrap_future(self.call(stop))

@@ -34,6 +34,26 @@ class PeerJob:
     repeats: int
 
 
+def run_llama_bench(binary: Path, job: PeerJob, timeout: float = 1800) -> dict:
+    """llama.cpp's own ``llama-bench``: pp<prompt> and tg<decode> with the job's threads and repeats
+    (its prompt is random tokens of the same length; its medians are means over repeats)."""
+    cmd = [str(binary), "-m", job.model, "-t", str(job.threads), "-p", str(len(job.prompt_ids)),
+           "-n", str(job.decode_tokens), "-r", str(job.repeats), "-o", "json"]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PeerError(f"llama-bench: {exc}") from exc
+    if result.returncode != 0:
+        raise PeerError(f"llama-bench failed: {result.stderr.strip()[-800:]}")
+    try:
+        tests = json.loads(result.stdout)
+        prefill = next(t["avg_ts"] for t in tests if t["n_prompt"] and not t["n_gen"])
+        decode = next(t["avg_ts"] for t in tests if t["n_gen"] and not t["n_prompt"])
+    except (json.JSONDecodeError, StopIteration, KeyError, TypeError):
+        raise PeerError(f"llama-bench printed no result: {result.stdout[-400:]}") from None
+    return {"engine": "llama-bench", "prefill_tok_s": round(prefill, 2), "decode_tok_s": round(decode, 2)}
+
+
 def run_peer(name: str, python: str | None, job: PeerJob, timeout: float = 1800) -> dict:
     if name not in SCRIPTS:
         raise PeerError(f"unknown peer {name!r}; known: {', '.join(SCRIPTS)}")

@@ -1,7 +1,8 @@
 """``task=bench``: prompt (prefill) and decode tokens/s for the configured model, median of repeats.
 
-Under ``-m`` (multirun) each job appends one JSON row to ``<sweep dir>/bench.jsonl``; otherwise a
-row goes to ``bench.output`` when set.
+``bench.mode=engine`` (default) times the engine alone in this process; ``bench.mode=served`` times our
+OpenAI server as clients see it (engine/bench/served.py). Under ``-m`` (multirun) each job appends its
+rows to ``<sweep dir>/bench.jsonl``; otherwise rows go to ``bench.output`` when set.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ def time_one(llm, prompt: list[int], decode_tokens: int) -> tuple[float, float]:
 
 
 def run(cfg: DictConfig) -> dict:
+    if cfg.bench.mode == "served":
+        return run_served(cfg)
+    if cfg.bench.mode != "engine":
+        raise ValueError(f"bench.mode must be engine or served, not {cfg.bench.mode!r}")
     llm = load_llm(cfg)
     b = cfg.bench
     prompt = bench_prompt(llm.tokenizer, int(b.prompt_tokens))
@@ -79,18 +84,85 @@ def run(cfg: DictConfig) -> dict:
           f"decode {row['decode_tok_s']} tok/s ({row['decode_tokens']} tokens), "
           f"load {row['load_s']} s, peak RSS {row['peak_rss_mb']} MB  [median of {row['repeats']}]")
     rows = [row] + run_peers(cfg, llm, prompt, row)
-    out = _output_path(b.output)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("a") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
+    _write_rows(_output_path(b.output), rows)
     return row
+
+
+def _write_rows(out: Path | None, rows: list[dict]) -> None:
+    if out is None:
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    print(f"wrote {len(rows)} rows to {out}")
+
+
+def run_served(cfg: DictConfig) -> dict:
+    """Our server (and llama-server when a peer) driven by the openai client; one row per engine and
+    stream count."""
+    from mistralrs.engine.bench import served
+    from mistralrs.engine.sources import resolve_source
+
+    b = cfg.bench
+    unknown = set(b.peers) - {"llama-server"}
+    if unknown:
+        raise ValueError(f"bench.mode=served takes the peer llama-server only, not {', '.join(sorted(unknown))}")
+    out = _output_path(b.output)
+    logs = served.log_dir_for(out)
+    threads = int(cfg.engine.threads or torch.get_num_threads())
+    overrides = [o for o in served.job_overrides() if not o.startswith("engine.threads")] + [f"engine.threads={threads}"]
+    plan = served.ServedPlan(streams=[int(n) for n in b.streams], decode_tokens=int(b.decode_tokens),
+                             prompt_tokens=int(b.prompt_tokens), repeats=int(b.repeats), warmup=int(b.warmup))
+    common = {"model": cfg.model.name, "source": str(cfg.model.source), "quant": cfg.quant.type, "mode": "served",
+              "threads": threads, "decode_tokens": plan.decode_tokens, "prompt_tokens": plan.prompt_tokens,
+              "repeats": plan.repeats, "torch": torch.__version__, "machine": platform.machine(),
+              "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    results: dict[str, dict] = {}
+    ours = served.start_ours(overrides, cfg.model.name, logs)
+    try:
+        plan.long_prompts = [served.long_prompt(ours.base_url, plan.prompt_tokens, r) for r in range(plan.repeats)]
+        results["mistralrs-py"] = served.measure(ours, plan)
+    finally:
+        ours.stop()
+    if "llama-server" in b.peers:
+        gguf = resolve_source(str(cfg.model.source), sha256=cfg.model.get("sha256"))
+        if gguf.suffix != ".gguf":
+            print("llama-server skipped: it runs GGUF files and this model is not one")
+        else:
+            peer = served.start_llama_server(served.find_llama_server(b.llama_cpp_bin), gguf, threads,
+                                             max(plan.streams), plan.prompt_tokens + plan.decode_tokens + 64, logs)
+            try:
+                results["llama-server"] = served.measure(peer, plan)
+            finally:
+                peer.stop()
+    rows = []
+    for engine, res in results.items():
+        for n, r in res["decode"].items():
+            rows.append({**common, "engine": engine, "streams": n, "decode_tok_s": r["tok_s"],
+                         "stream_decode_tok_s": r["decode_tok_s"], "ttft_s": res["ttft_s"],
+                         "peak_rss_mb": res["peak_rss_mb"]})
+    _print_served(rows)
+    _write_rows(out, rows)
+    return rows[0]
+
+
+def _print_served(rows: list[dict]) -> None:
+    ours = {r["streams"]: r for r in rows if r["engine"] == "mistralrs-py"}
+    print(f"{rows[0]['model']} served, {rows[0]['threads']} threads, {rows[0]['decode_tokens']} tokens per stream "
+          f"[median of {rows[0]['repeats']}]")
+    for r in rows:
+        base = ours.get(r["streams"])
+        ratio = f"  ours {base['decode_tok_s'] / r['decode_tok_s']:.2f}x" if base and r is not base and r["decode_tok_s"] else ""
+        print(f"{r['engine']:>14} {r['streams']:>3} streams: {r['decode_tok_s']} tok/s aggregate, "
+              f"{r['stream_decode_tok_s']} tok/s per stream, TTFT {r['ttft_s']} s ({r['prompt_tokens']}-token prompt), "
+              f"peak RSS {r['peak_rss_mb']} MB{ratio}")
 
 
 def run_peers(cfg: DictConfig, llm, prompt: list[int], ours: dict) -> list[dict]:
     """The configured peer engines on the same file, prompt and threads; prints ratios."""
-    from mistralrs.engine.bench.peers import PeerError, PeerJob, run_peer
+    from mistralrs.engine.bench.peers import PeerError, PeerJob, run_llama_bench, run_peer
+    from mistralrs.engine.bench.served import ServedBenchError, find_llama_server
 
     b = cfg.bench
     if not b.peers:
@@ -106,8 +178,11 @@ def run_peers(cfg: DictConfig, llm, prompt: list[int], ours: dict) -> list[dict]
     rows = []
     for name in b.peers:
         try:
-            result = run_peer(name, pythons.get(name), job)
-        except PeerError as exc:
+            if name == "llama-bench":
+                result = run_llama_bench(find_llama_server(b.llama_cpp_bin).with_name("llama-bench"), job)
+            else:
+                result = run_peer(name, pythons.get(name), job)
+        except (PeerError, ServedBenchError) as exc:
             print(f"{name}: not measured ({exc})")
             continue
         peer_row = {**ours, **result, "engine": name}
