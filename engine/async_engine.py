@@ -31,6 +31,9 @@ class AsyncEngine:
         self.compute = compute or compute_thread()
         self._closing = False
         self._stopped = False
+        # events of the current step, handed to the event loop in one call after it: one wake-up of
+        # the loop per step instead of one per sequence and token
+        self._outbox: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue, SeqEvent]] = []
 
     # -- on the compute thread ----------------------------------------------------------------------
     def start(self) -> "AsyncEngine":
@@ -39,6 +42,7 @@ class AsyncEngine:
 
     def _poll(self) -> bool:
         """One engine step if there is work; False lets the compute thread sleep."""
+        self._flush()  # events emitted by calls run between steps (aborts at shutdown)
         if self._stopped or not self.engine.has_work():
             return False
         try:
@@ -46,7 +50,21 @@ class AsyncEngine:
         except Exception as exc:  # a failed step must not leave clients waiting forever
             log.exception("engine step failed: %s", exc)
             self._end_all("error")
+        self._flush()
         return True
+
+    def _flush(self) -> None:
+        if not self._outbox:
+            return
+        batch, self._outbox = self._outbox, []
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, SeqEvent]]] = {}
+        for loop, events, event in batch:
+            by_loop.setdefault(loop, []).append((events, event))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # that event loop is closed: nobody is left to read these events
+                log.debug("dropped %d events for a closed event loop", len(items))
 
     def _end_all(self, reason: str) -> None:
         """Finish every queued and running sequence with ``reason`` (error | abort)."""
@@ -74,8 +92,8 @@ class AsyncEngine:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[SeqEvent] = asyncio.Queue()
 
-        def emit(event: SeqEvent) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, event)
+        def emit(event: SeqEvent) -> None:  # on the compute thread; _flush delivers
+            self._outbox.append((loop, events, event))
 
         added = self.call(lambda: self.engine.add_request(prompt_ids, params, emit))
         try:
@@ -109,7 +127,13 @@ class AsyncEngine:
             await asyncio.sleep(0.05)
         def stop() -> None:
             self._end_all("abort")
+            self._flush()
             self._stopped = True
             self.compute.remove_poller(self._poll)
 
         await asyncio.wrap_future(self.call(stop))
+
+
+def _deliver(items: list[tuple[asyncio.Queue, SeqEvent]]) -> None:
+    for events, event in items:
+        events.put_nowait(event)

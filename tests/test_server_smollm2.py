@@ -64,3 +64,38 @@ def test_chat_answers(server):
         max_tokens=24, temperature=0)
     assert "Paris" in r.choices[0].message.content
     assert r.choices[0].finish_reason == "stop"  # the model ends its turn with <|im_end|>
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
+
+
+def test_rss_growth_is_bounded_over_200_requests(smollm2_gguf, tmp_path):
+    """Serving must not leak: once warm-up requests have cycled through the (small) KV pool, 200 more
+    requests (streamed and not, chat and completions, 4 at a time) grow the server's resident memory by
+    less than 16 MB. (A fresh pool's pages become resident as blocks are first used, which is not a
+    leak; a 64-block pool is touched whole by the warm-up.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    proc = ServerProcess("engine.kv_cache_tokens=1024", "engine.threads=2", cwd=tmp_path)
+    try:
+        client = proc.client()
+
+        def one(i: int) -> None:
+            extra = {"ignore_eos": True}
+            if i % 2:
+                list(client.completions.create(model="smollm2", prompt=f"Request {i}: the", max_tokens=8,
+                                               stream=True, temperature=0, extra_body=extra))
+            else:
+                client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": f"Say {i}"}],
+                                               max_tokens=8, temperature=0, extra_body=extra)
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(one, range(80)))
+            before = _rss_mb(proc.proc.pid)
+            list(pool.map(one, range(80, 280)))
+        after = _rss_mb(proc.proc.pid)
+    finally:
+        assert proc.stop(signal.SIGTERM) == 0, proc.stderr
+    assert after - before < 16, f"RSS grew {after - before:.1f} MB over 200 requests ({before:.0f} -> {after:.0f} MB)"
