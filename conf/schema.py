@@ -73,6 +73,9 @@ class EngineConfig:
     block_size: int = 16  # tokens per KV cache block
     kv_cache_tokens: Optional[int] = None  # KV pool size; default: what kv_cache_memory_gb holds
     kv_cache_memory_gb: float = 2.0
+    # auto | float32 | float16 | bfloat16: keys and values as stored (auto: float16 under float32
+    # activations, halving the cache; float32 is exact)
+    kv_cache_dtype: str = "auto"
     strict_plugins: bool = False  # a plugin that fails to import becomes fatal
 
 

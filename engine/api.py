@@ -21,7 +21,7 @@ from mistralrs.conf.schema import Config
 from .compute_thread import compute_thread
 from .config import compose_config, to_schema
 from .llm_engine import LLMEngine
-from .loader import LoadedModel, load_model
+from .loader import LoadedModel, load_model, weights_mode
 from .model_runner import full_logits
 from .sampler import SamplingParams
 from .sequence import SeqEvent
@@ -49,7 +49,8 @@ class LLM:
         self.config = config
         self.loaded = loaded
         self.compute = compute_thread()
-        self.engine = self.compute.call(lambda: LLMEngine(loaded, config.engine))
+        exact = weights_mode(config.model) == "dense"
+        self.engine = self.compute.call(lambda: LLMEngine(loaded, config.engine, exact=exact))
 
     @classmethod
     def from_config(cls, cfg: DictConfig | Config) -> "LLM":

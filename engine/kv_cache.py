@@ -1,4 +1,8 @@
-"""Preallocated KV cache: one pool of slots per layer, sequences own lists of slots."""
+"""Preallocated KV cache: one pool of slots per layer, sequences own lists of slots.
+
+Its dtype (``engine.kv_cache_dtype``) may be narrower than the activations': keys and values are
+rounded to it when written and widened to the activations' dtype when attention reads them.
+"""
 
 from __future__ import annotations
 
@@ -30,9 +34,24 @@ class KVCache:
         self.v = torch.empty(*shape, spec.v_head_dim or spec.head_dim, dtype=dtype, device=device)
 
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        self.k[layer].index_copy_(0, slots, k)
-        self.v[layer].index_copy_(0, slots, v)
+        self.k[layer].index_copy_(0, slots, k.to(self.k.dtype))
+        self.v[layer].index_copy_(0, slots, v.to(self.v.dtype))
 
     @property
     def nbytes(self) -> int:
         return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
+
+
+KV_CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def kv_cache_dtype(name: str, activations: torch.dtype, exact: bool) -> torch.dtype:
+    """``engine.kv_cache_dtype`` -> a torch dtype. ``auto``: the activations' dtype in the exact mode
+    (dense float32 weights, the reference), else float16 under float32 activations (llama.cpp's
+    default too; within the accuracy bar on both real models, half the bytes) and the activations'
+    dtype under 16-bit ones."""
+    if name == "auto":
+        return torch.float16 if activations == torch.float32 and not exact else activations
+    if name not in KV_CACHE_DTYPES:
+        raise ValueError(f"engine.kv_cache_dtype={name!r} is not one of auto, {', '.join(KV_CACHE_DTYPES)}")
+    return KV_CACHE_DTYPES[name]

@@ -12,7 +12,7 @@ import torch
 from mistralrs.conf.schema import EngineConfig
 
 from .block_manager import KVBlockPool
-from .kv_cache import KVCache
+from .kv_cache import KVCache, kv_cache_dtype
 from .loader import LoadedModel
 from .model_runner import ModelRunner
 from .sampler import SamplingParams, make_generator
@@ -44,18 +44,21 @@ def kv_bytes_per_token(model: torch.nn.Module, dtype: torch.dtype, num_caches: i
 
 
 class LLMEngine:
-    def __init__(self, loaded: LoadedModel, cfg: EngineConfig):
+    def __init__(self, loaded: LoadedModel, cfg: EngineConfig, exact: bool = True):
+        """``exact``: the model runs in the exact reference mode (dense weights), which keeps an
+        ``engine.kv_cache_dtype=auto`` cache at the activations' precision."""
         self.loaded = loaded
         self.cfg = cfg
         model = loaded.model
         self.num_caches = int(getattr(model, "num_kv_caches", 1))
         # Slots of the one pool that every cache's blocks come from (X-LoRA: two per token).
-        per_slot = kv_bytes_per_token(model, loaded.dtype, 1)
+        self.kv_dtype = kv_cache_dtype(cfg.kv_cache_dtype, loaded.dtype, exact)
+        per_slot = kv_bytes_per_token(model, self.kv_dtype, 1)
         tokens = cfg.kv_cache_tokens or min(cfg.max_seqs * loaded.max_seq_len * self.num_caches,
                                             int(cfg.kv_cache_memory_gb * 2**30 // per_slot))
         num_blocks = max(1, tokens // cfg.block_size)
         self.pool = KVBlockPool(num_blocks, cfg.block_size, self.num_caches)
-        self.cache = KVCache(model.cache_spec(), num_blocks * cfg.block_size, loaded.dtype, loaded.device)
+        self.cache = KVCache(model.cache_spec(), num_blocks * cfg.block_size, self.kv_dtype, loaded.device)
         self.scheduler = Scheduler(self.pool, cfg.max_seqs, cfg.max_batch_tokens, cfg.max_waiting)
         self.runner = ModelRunner(model, self.cache, self.pool, loaded.device)
         self.prompt_tokens = 0

@@ -46,9 +46,10 @@ def load_reference(stem: str, producer: str) -> tuple[dict, dict]:
     return meta, arrays
 
 
-def decode_path_logits(llm, ids: list[int]):
+def decode_path_logits(llm, ids: list[int], kv_dtype=None):
     """Logits at every position computed as decoding computes them: one token per step over the KV
-    cache (the decode kernels: quantized activations, paged attention), fed ``ids`` in turn."""
+    cache (the decode kernels: quantized activations, paged attention), fed ``ids`` in turn. The cache
+    has the engine's dtype (engine.kv_cache_dtype) unless ``kv_dtype`` says otherwise."""
     import torch
 
     from mistralrs.engine.batch import paged_batch
@@ -56,7 +57,7 @@ def decode_path_logits(llm, ids: list[int]):
 
     model, device, block = llm.loaded.model, llm.loaded.device, 16
     table = list(range(-(-len(ids) // block)))
-    cache = KVCache(model.cache_spec(), len(table) * block, llm.loaded.dtype, device)
+    cache = KVCache(model.cache_spec(), len(table) * block, kv_dtype or llm.engine.kv_dtype, device)
     rows = []
     with torch.inference_mode():
         for t, token in enumerate(ids):

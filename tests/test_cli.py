@@ -42,7 +42,7 @@ def test_interactive_chat_reads_turns_until_eof(tiny_dir, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["task=generate", "model=llama", "prompt=x"], "model.source"),
+    (["task=generate", "model=mistral", "prompt=x"], "model.source"),  # no default weights reachable
     (["task=generate", "model=llama", "model.source=/nonexistent/model.gguf", "prompt=x"], "no such file"),
     (["task=generate"], "needs a prompt"),
     (["task=nonsense"], "unknown task"),

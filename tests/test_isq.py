@@ -272,17 +272,40 @@ def test_what_stays_as_it_is(caplog):
         assert isq("model.embed_tokens.weight", emb, "embedding") is emb
         router = _raw("blk.0.ffn_gate_inp.weight", 4, 256)
         assert isq("model.layers.0.mlp.gate.weight", router, "router") is router
-        q4 = RawTensor("blk.0.attn_q.weight", "Q4_0", (8, 256), quantize(_raw("x", 8, 256).data, "Q4_0"))
-        assert isq("model.layers.0.self_attn.q_proj.weight", q4, "linear") is q4  # a GGUF's own blocks
+        q4k = RawTensor("blk.0.attn_q.weight", "Q4_K", (8, 256), quantize(_raw("x", 8, 256).data, "Q4_K"))
+        assert isq("model.layers.0.self_attn.q_proj.weight", q4k, "linear") is q4k  # already the asked-for type
         odd = _raw("x", 8, 40)
         assert isq("model.layers.0.self_attn.o_proj.weight", odd, "linear") is odd
     assert "kept as it is" in caplog.text and "embeddings/output head" in caplog.text and "MoE router" in caplog.text
+    assert "requantizing" not in caplog.text
     with_emb = InSituQuantizer("Q4_K", embeddings=True)
     assert with_emb("model.embed_tokens.weight", emb, "embedding").qtype == "Q4_K"
     with pytest.raises(ValueError, match="NaN or infinite"):
         bad = _raw("w", 4, 256)
         bad.data[0, 0] = float("nan")
         isq("model.layers.0.self_attn.q_proj.weight", bad, "linear")
+
+
+def test_quantized_tensors_of_another_type_are_requantized_with_a_warning(caplog):
+    """quant=q4_k over a Q4_0 file: each Q4_0 weight is dequantized (as gguf-py does) and quantized to
+    Q4_K, as llama.cpp's --allow-requantize does; one warning says it costs quality."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize as gguf_dequantize
+
+    isq = InSituQuantizer("Q4_K")
+    blocks = quantize(_raw("x", 8, 256).data, "Q4_0")
+    q4_0 = RawTensor("blk.0.attn_q.weight", "Q4_0", (8, 256), blocks)
+    with caplog.at_level(logging.INFO, logger="mistralrs.engine.quant.isq"):
+        out = isq("model.layers.0.self_attn.q_proj.weight", q4_0, "linear")
+        isq("model.layers.0.self_attn.k_proj.weight", q4_0, "linear")
+        isq.log_summary()
+    assert out.qtype == "Q4_K" and out.shape == (8, 256)
+    floats = torch.from_numpy(gguf_dequantize(blocks.numpy(), GGMLQuantizationType.Q4_0).reshape(8, 256).copy())
+    torch.testing.assert_close(dequantize(out.data, "Q4_K", (8, 256)),
+                               dequantize(quantize(floats, "Q4_K"), "Q4_K", (8, 256)), atol=0, rtol=0)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "requantizing" in warnings[0].getMessage()
+    assert "2 Q4_K (requantized from Q4_0)" in caplog.records[-1].getMessage()
 
 
 # ------------------------------------------------------------------ models

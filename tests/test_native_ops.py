@@ -70,6 +70,28 @@ def test_decode_attention_matches_sdpa_over_paged_slots(window, lengths, heads):
                                atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("d", [64, 36])  # vectorized rows, and rows with a scalar tail
+def test_decode_attention_over_16_bit_caches(dtype, d):
+    """A float16/bfloat16 cache is read as its exact float32 widening: the result equals SDPA over the
+    widened cache, and kv_write rounds float32 rows as torch's conversion does (nearest even)."""
+    g = torch.Generator().manual_seed(d)
+    lengths, hq, hkv, slots_total = [130, 7], 6, 2, 300
+    k32, v32 = torch.randn(slots_total, hkv, d, generator=g), torch.randn(slots_total, hkv, d, generator=g)
+    k_cache, v_cache = torch.zeros(slots_total, hkv, d, dtype=dtype), torch.zeros(slots_total, hkv, d, dtype=dtype)
+    fused = torch.cat([k32, v32], dim=-1)  # strided k/v views of one projection, as the models pass them
+    ops.kv_write(k_cache, v_cache, torch.arange(slots_total), fused[..., :d], fused[..., d:])
+    assert torch.equal(k_cache, k32.to(dtype)) and torch.equal(v_cache, v32.to(dtype))
+    lens = torch.tensor(lengths)
+    slots = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    for b, n in enumerate(lengths):
+        slots[b, :n] = torch.randperm(slots_total, generator=g)[:n]
+    q = torch.randn(len(lengths), hq, d, generator=g)
+    got = ops.decode_attention(q, k_cache, v_cache, slots, lens, 0.25, 0)
+    expected = reference_attention(q, k_cache.float(), v_cache.float(), slots, lens, 0.25, 0)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_kv_write_puts_rows_in_their_slots():
     k_cache, v_cache = torch.zeros(10, 2, 8), torch.zeros(10, 2, 8)
     fused = torch.randn(3, 4 * 8)

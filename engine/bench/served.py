@@ -153,22 +153,41 @@ def _median_round(rounds: list[RoundResult]) -> dict:
     return out
 
 
-def measure(server: ServerProcess, plan: ServedPlan) -> dict:
-    """Every round of the plan against one server: {"decode": {streams: {...}}, "ttft_s": ..., ...}."""
+def measure(server: ServerProcess, plan: ServedPlan, streams: list[int] | None = None, ttft: bool = True) -> dict:
+    """Rounds of the plan against one server (``streams``: the plan's counts by default):
+    {"decode": {streams: {...}}, "ttft_s": ..., "peak_rss_mb": ...}."""
     def rnd(prompts: list[str], max_tokens: int) -> RoundResult:
         return asyncio.run(run_round(server.base_url, server.model, prompts, max_tokens))
 
-    result: dict = {"decode": {}}
+    result: dict = {"decode": {}, "ttft_s": None}
     for w in range(plan.warmup):
         rnd([f"Warm-up {w}: once upon a time"], 16)
-    for n in plan.streams:
+    for n in plan.streams if streams is None else streams:
         rounds = [rnd([f"Story {r}-{i}: once upon a time" for i in range(n)], plan.decode_tokens)
                   for r in range(plan.repeats)]
         result["decode"][n] = _median_round(rounds)
-    ttfts = [rnd([p], 8).ttft_s for p in plan.long_prompts]
-    result["ttft_s"] = round(statistics.median(ttfts), 4) if ttfts else None
+    if ttft:
+        ttfts = [rnd([p], 8).ttft_s for p in plan.long_prompts]
+        result["ttft_s"] = round(statistics.median(ttfts), 4) if ttfts else None
     result["peak_rss_mb"] = server.peak_rss_mb()
     return result
+
+
+def measure_llama_server(binary: Path, gguf: Path, threads: int, plan: ServedPlan, log_dir: Path) -> dict:
+    """llama-server started once per stream count with that many slots (``-np``), as its users run it;
+    TTFT on the one-slot server; peak RSS the largest of its runs."""
+    ctx = plan.prompt_tokens + plan.decode_tokens + 64
+    merged: dict = {"decode": {}, "ttft_s": None, "peak_rss_mb": None}
+    for n in plan.streams:
+        peer = start_llama_server(binary, gguf, threads, n, ctx, log_dir)
+        try:
+            part = measure(peer, plan, streams=[n], ttft=n == min(plan.streams))
+        finally:
+            peer.stop()
+        merged["decode"].update(part["decode"])
+        merged["ttft_s"] = merged["ttft_s"] or part["ttft_s"]
+        merged["peak_rss_mb"] = max(filter(None, [merged["peak_rss_mb"], part["peak_rss_mb"]]), default=None)
+    return merged
 
 
 def job_overrides() -> list[str]:

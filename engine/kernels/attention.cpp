@@ -44,22 +44,53 @@ inline __m256 exp_ps(__m256 x) {
 }
 #endif
 
-// scores[j] = scale * q . k_j for the n keys at rows s[j] (stride `row` floats) of `keys`
-void key_scores(const float* q, const float* keys, const int64_t* s, int64_t row, int64_t n, int64_t D, float scale,
+// Cache elements: float32, or 16-bit float16 / bfloat16 (engine.kv_cache_dtype) widened as they load.
+struct F16 { uint16_t bits; };
+struct BF16 { uint16_t bits; };
+
+inline float to_float(float x) { return x; }
+inline float to_float(BF16 x) {
+  const uint32_t u = uint32_t(x.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline float to_float(F16 x) { return float(c10::Half(x.bits, c10::Half::from_bits())); }
+
+#ifdef MRS_AVX2
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const BF16* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+#ifdef __F16C__
+inline __m256 load8(const F16* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+#else
+inline __m256 load8(const F16* p) {
+  alignas(32) float f[8];
+  for (int i = 0; i < 8; ++i) f[i] = to_float(p[i]);
+  return _mm256_load_ps(f);
+}
+#endif
+#endif
+
+// scores[j] = scale * q . k_j for the n keys at rows s[j] (stride `row` elements) of `keys`
+template <typename T>
+void key_scores(const float* q, const T* keys, const int64_t* s, int64_t row, int64_t n, int64_t D, float scale,
                 float* scores) {
   int64_t j = 0;
 #ifdef MRS_AVX2
   if (D % 8 == 0) {
     for (; j + 4 <= n; j += 4) {  // four keys at once: independent accumulators hide FMA latency
-      const float *k0 = keys + s[j] * row, *k1 = keys + s[j + 1] * row, *k2 = keys + s[j + 2] * row,
-                  *k3 = keys + s[j + 3] * row;
+      const T *k0 = keys + s[j] * row, *k1 = keys + s[j + 1] * row, *k2 = keys + s[j + 2] * row,
+              *k3 = keys + s[j + 3] * row;
       __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
       for (int64_t d = 0; d < D; d += 8) {
         const __m256 qv = _mm256_loadu_ps(q + d);
-        a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + d), a0);
-        a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k1 + d), a1);
-        a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k2 + d), a2);
-        a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k3 + d), a3);
+        a0 = _mm256_fmadd_ps(qv, load8(k0 + d), a0);
+        a1 = _mm256_fmadd_ps(qv, load8(k1 + d), a1);
+        a2 = _mm256_fmadd_ps(qv, load8(k2 + d), a2);
+        a3 = _mm256_fmadd_ps(qv, load8(k3 + d), a3);
       }
       scores[j] = scale * hsum(a0);
       scores[j + 1] = scale * hsum(a1);
@@ -69,15 +100,16 @@ void key_scores(const float* q, const float* keys, const int64_t* s, int64_t row
   }
 #endif
   for (; j < n; ++j) {
-    const float* k = keys + s[j] * row;
+    const T* k = keys + s[j] * row;
     float acc = 0.f;
-    for (int64_t d = 0; d < D; ++d) acc += q[d] * k[d];
+    for (int64_t d = 0; d < D; ++d) acc += q[d] * to_float(k[d]);
     scores[j] = scale * acc;
   }
 }
 
 // out[0:D) += sum_j p[j] * v_j, accumulating 64 columns at a time in registers
-void weighted_values(const float* p, const float* values, const int64_t* s, int64_t row, int64_t n, int64_t D,
+template <typename T>
+void weighted_values(const float* p, const T* values, const int64_t* s, int64_t row, int64_t n, int64_t D,
                      float* out) {
   int64_t d0 = 0;
 #ifdef MRS_AVX2
@@ -86,15 +118,15 @@ void weighted_values(const float* p, const float* values, const int64_t* s, int6
     for (int i = 0; i < 8; ++i) o[i] = _mm256_loadu_ps(out + d0 + 8 * i);
     for (int64_t j = 0; j < n; ++j) {
       const __m256 w = _mm256_set1_ps(p[j]);
-      const float* v = values + s[j] * row + d0;
-      for (int i = 0; i < 8; ++i) o[i] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 8 * i), o[i]);
+      const T* v = values + s[j] * row + d0;
+      for (int i = 0; i < 8; ++i) o[i] = _mm256_fmadd_ps(w, load8(v + 8 * i), o[i]);
     }
     for (int i = 0; i < 8; ++i) _mm256_storeu_ps(out + d0 + 8 * i, o[i]);
   }
 #endif
   for (int64_t d = d0; d < D; ++d) {
     float acc = out[d];
-    for (int64_t j = 0; j < n; ++j) acc += p[j] * values[s[j] * row + d];
+    for (int64_t j = 0; j < n; ++j) acc += p[j] * to_float(values[s[j] * row + d]);
     out[d] = acc;
   }
 }
@@ -127,7 +159,8 @@ float exp_sub_sum(float* x, int64_t n, float m) {
 // One GQA group's `rep` query heads against positions [p0, p1) of one sequence: each key and value
 // row is read once for all of the group's heads. Leaves per head the chunk's max score m, the sum
 // of exp(score - m) l, and the unnormalized output o = sum_j exp(score_j - m) v_j.
-void group_chunk(const float* q, int64_t q_head_stride, int64_t rep, const float* keys, const float* values,
+template <typename T>
+void group_chunk(const float* q, int64_t q_head_stride, int64_t rep, const T* keys, const T* values,
                  const int64_t* s, int64_t krow, int64_t vrow, int64_t p0, int64_t p1, int64_t D, int64_t Dv, float scale,
                  float* scores, float* m, float* l, float* o) {
   const int64_t n = p1 - p0;
@@ -160,8 +193,10 @@ void group_chunk(const float* q, int64_t q_head_stride, int64_t rep, const float
 torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots,
                                torch::Tensor lens, double scale, int64_t window) {
   TORCH_CHECK(q.dim() == 3 && q.scalar_type() == torch::kFloat32 && q.stride(2) == 1, "decode_attention: q [B, H, D] float32");
-  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous() && k_cache.scalar_type() == torch::kFloat32,
-              "decode_attention: caches must be contiguous float32");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous() && k_cache.scalar_type() == v_cache.scalar_type() &&
+              (k_cache.scalar_type() == torch::kFloat32 || k_cache.scalar_type() == torch::kHalf ||
+               k_cache.scalar_type() == torch::kBFloat16),
+              "decode_attention: caches must be contiguous float32, float16 or bfloat16 (both the same)");
   TORCH_CHECK(slots.scalar_type() == torch::kLong && lens.scalar_type() == torch::kLong, "decode_attention: int64 slots/lens");
   const int64_t B = q.size(0), Hq = q.size(1), D = q.size(2), Hkv = k_cache.size(1), Dv = v_cache.size(2);
   TORCH_CHECK(k_cache.size(2) == D && Hq % Hkv == 0, "decode_attention: head shapes disagree");
@@ -176,20 +211,28 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Te
   const int64_t chunks = std::max<int64_t>(1, std::min(want, (longest + 63) / 64));
   const int64_t tasks = B * Hkv * chunks;
   std::vector<float> part_o(tasks * rep * Dv), part_ml(tasks * 2 * rep);
-  const float *qp = q.data_ptr<float>(), *kp = k_cache.data_ptr<float>(), *vp = v_cache.data_ptr<float>();
+  const float* qp = q.data_ptr<float>();
   const int64_t qs0 = q.stride(0), qs1 = q.stride(1), krow = Hkv * D, vrow = Hkv * Dv;
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(rep * ((longest + chunks - 1) / chunks));
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / (Hkv * chunks), g = (task / chunks) % Hkv, c = task % chunks, len = lp[b];
-      const int64_t first = window > 0 ? std::max<int64_t>(0, len - window) : 0, n = len - first;
-      const int64_t step = (n + chunks - 1) / chunks;
-      const int64_t p0 = first + std::min(n, c * step), p1 = first + std::min(n, (c + 1) * step);
-      float* ml = part_ml.data() + task * 2 * rep;
-      group_chunk(qp + b * qs0 + g * rep * qs1, qs1, rep, kp + g * D, vp + g * Dv, sp + b * L, krow, vrow, p0, p1, D, Dv,
-                  float(scale), scores.data(), ml, ml + rep, part_o.data() + task * rep * Dv);
-    }
-  });
+  auto run = [&](auto* kp, auto* vp) {
+    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> scores(rep * ((longest + chunks - 1) / chunks));
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / (Hkv * chunks), g = (task / chunks) % Hkv, c = task % chunks, len = lp[b];
+        const int64_t first = window > 0 ? std::max<int64_t>(0, len - window) : 0, n = len - first;
+        const int64_t step = (n + chunks - 1) / chunks;
+        const int64_t p0 = first + std::min(n, c * step), p1 = first + std::min(n, (c + 1) * step);
+        float* ml = part_ml.data() + task * 2 * rep;
+        group_chunk(qp + b * qs0 + g * rep * qs1, qs1, rep, kp + g * D, vp + g * Dv, sp + b * L, krow, vrow, p0, p1, D,
+                    Dv, float(scale), scores.data(), ml, ml + rep, part_o.data() + task * rep * Dv);
+      }
+    });
+  };
+  if (k_cache.scalar_type() == torch::kFloat32)
+    run(k_cache.data_ptr<float>(), v_cache.data_ptr<float>());
+  else if (k_cache.scalar_type() == torch::kHalf)
+    run(static_cast<const F16*>(k_cache.data_ptr()), static_cast<const F16*>(v_cache.data_ptr()));
+  else
+    run(static_cast<const BF16*>(k_cache.data_ptr()), static_cast<const BF16*>(v_cache.data_ptr()));
   auto out = torch::zeros({B, Hq, Dv}, q.options());
   float* op = out.data_ptr<float>();
   for (int64_t b = 0; b < B; ++b)
@@ -215,10 +258,12 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Te
   return out;
 }
 
-// Write the step's keys and values (rows may be strided views of a fused projection) into their slots.
+// Write the step's keys and values (rows may be strided views of a fused projection) into their slots,
+// rounded to the cache's dtype (round to nearest even) when it is narrower.
 void kv_write(torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots, torch::Tensor k, torch::Tensor v) {
   TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "kv_write: caches must be contiguous");
-  TORCH_CHECK(k.scalar_type() == k_cache.scalar_type() && v.scalar_type() == v_cache.scalar_type(), "kv_write: dtype mismatch");
+  if (k.scalar_type() != k_cache.scalar_type()) k = k.to(k_cache.scalar_type());
+  if (v.scalar_type() != v_cache.scalar_type()) v = v.to(v_cache.scalar_type());
   TORCH_CHECK(k.dim() == 3 && k.stride(2) == 1 && k.stride(1) == k.size(2) && v.dim() == 3 && v.stride(2) == 1 &&
               v.stride(1) == v.size(2), "kv_write: k, v must be [T, H, D] with contiguous heads");
   slots = slots.contiguous();

@@ -9,6 +9,8 @@ from ..batch import AttentionBatch
 from ..kernels import fast_ops
 from ..kv_cache import KVCache
 
+NATIVE_CACHE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
 
 def cached_attention(
     q: torch.Tensor,  # [T, heads, head_dim]
@@ -22,7 +24,8 @@ def cached_attention(
 ) -> torch.Tensor:
     """Returns [T, heads, v_head_dim]."""
     k_cache, v_cache = cache.k[layer], cache.v[layer]
-    ops = fast_ops(q, k_cache)
+    # the native kernels take float32 activations over a float32, float16 or bfloat16 cache
+    ops = fast_ops(q) if k_cache.dtype in NATIVE_CACHE_DTYPES and not k_cache.is_cuda else None
     if ops is not None:
         ops.kv_write(k_cache, v_cache, batch.slot_mapping, k, v)
         if batch.decode is not None:  # every sequence decodes one token: one native call
@@ -33,8 +36,8 @@ def cached_attention(
     out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
     for seg, mask in zip(batch.segments, batch.masks(window)):
         qs = q[seg.q_slice].transpose(0, 1).unsqueeze(0)  # [1, H, q_len, D]
-        ks = _rows(k_cache, seg.kv_slots).transpose(0, 1).unsqueeze(0)  # [1, Hkv, ctx, D]
-        vs = _rows(v_cache, seg.kv_slots).transpose(0, 1).unsqueeze(0)
+        ks = _rows(k_cache, seg.kv_slots).to(q.dtype).transpose(0, 1).unsqueeze(0)  # [1, Hkv, ctx, D]
+        vs = _rows(v_cache, seg.kv_slots).to(q.dtype).transpose(0, 1).unsqueeze(0)
         causal = mask is None and seg.q_len > 1
         o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=True)
         out[seg.q_slice] = o.squeeze(0).transpose(0, 1)

