@@ -150,3 +150,19 @@ def test_lora_add_blocks_go_to_their_columns():
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-4)
     with pytest.raises(RuntimeError, match="does not fit"):
         ops.lora_add_(out, x, at, [b2], [6], [0], None)
+
+
+def test_build_key_covers_what_changes_the_binary():
+    """Two environments with the same torch version but another torch install (include paths),
+    compiler, flags or CPU get separate build folders instead of rebuilding each other's."""
+    from mistralrs.engine.kernels import build_key
+
+    base = dict(sources=[b"int f();"], torch_version="2.13.0", torch_dir="/venv-a/torch",
+                include_paths=["/venv-a/torch/include"], compiler="/usr/bin/g++ 12.2", flags=["-O3"],
+                cpu_features="avx2 fma")
+    key = build_key(**base)
+    assert key == build_key(**base)  # stable
+    for field, other in [("include_paths", ["/venv-b/torch/include"]), ("torch_dir", "/venv-b/torch"),
+                         ("compiler", "/usr/bin/g++ 13.1"), ("flags", ["-O2"]), ("cpu_features", "avx2"),
+                         ("sources", [b"int g();"]), ("torch_version", "2.12.0")]:
+        assert build_key(**{**base, field: other}) != key, field

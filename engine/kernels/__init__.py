@@ -1,8 +1,11 @@
 """The project's C++ kernels (engine/kernels/*.cpp), compiled for this machine on first use.
 
-torch's extension builder compiles them with -O3 -march=native into the mistralrs cache (about a
-minute, once per machine and torch version). Without a compiler, ninja or on an unsupported CPU the
-build fails once, is logged, and callers fall back to pure-torch paths.
+torch's extension builder compiles them with -O3 -march=native into the mistralrs cache (a few
+minutes on 2 cores, once per build key; a line on stderr says so and how long it took). The build
+folder's key covers everything that changes the binary: the sources, torch's version, location and
+include paths, the compiler and its version, the flags and the CPU's features, so two environments
+never rebuild each other's kernels. Without a compiler, ninja or on an unsupported CPU the build
+fails once, is logged, and callers fall back to pure-torch paths.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import hashlib
 import logging
 import os
 import platform
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -28,13 +33,47 @@ NATIVE_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q2_K": 1
                 "Q6_K": 14}
 
 
-def _build_dir() -> Path:
+def build_key(sources: list[bytes], torch_version: str, torch_dir: str, include_paths: list[str], compiler: str,
+              flags: list[str], cpu_features: str) -> str:
+    """The build folder's name: a digest of everything that changes the compiled kernels."""
     digest = hashlib.sha256()
-    for src in SOURCES + HEADERS:
-        digest.update(src.read_bytes())
-    digest.update(f"{torch.__version__} {platform.machine()} {torch.backends.cpu.get_cpu_capability()} {CFLAGS}".encode())
+    for src in sources:
+        digest.update(hashlib.sha256(src).digest())
+    for part in (torch_version, torch_dir, *include_paths, compiler, *flags, platform.machine(), cpu_features):
+        digest.update(part.encode() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _compiler_identity() -> str:
+    """The C++ compiler torch's builder will call (CXX, else c++) and its version line."""
+    import shutil
+    import subprocess
+
+    cxx = os.environ.get("CXX", "c++")
+    path = shutil.which(cxx) or cxx
+    try:
+        version = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout.splitlines()[:1]
+    except (OSError, subprocess.SubprocessError):
+        version = []
+    return f"{os.path.realpath(path)} {' '.join(version)}"
+
+
+def _cpu_features() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return platform.processor()
+
+
+def _build_dir() -> Path:
+    from torch.utils.cpp_extension import include_paths
+
+    key = build_key([src.read_bytes() for src in SOURCES + HEADERS], torch.__version__,
+                    os.path.dirname(os.path.realpath(torch.__file__)), include_paths(), _compiler_identity(), CFLAGS,
+                    f"{torch.backends.cpu.get_cpu_capability()} {_cpu_features()}")
     root = os.environ.get("MISTRALRS_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mistralrs"
-    path = Path(root) / "kernels" / digest.hexdigest()[:16]
+    path = Path(root) / "kernels" / key
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -70,12 +109,20 @@ def native_ops():
         from torch.utils.cpp_extension import load
 
         build_dir = _build_dir()
-        log.info("loading native kernels from %s (compiled on first use: about a minute)", build_dir)
+        built = (build_dir / "mistralrs_kernels.so").is_file()
+        log.info("loading native kernels from %s", build_dir)
         # -fopenmp: at::parallel_for is a header template, serial unless the extension itself is built
         # with OpenMP; it then binds to the libgomp.so.1 torch has already loaded (one thread pool).
         with _exclusive_build(build_dir):
+            if not built:  # seen at the default log level: minutes of silence look like a hang
+                print(f"mistralrs: compiling the native kernels for this machine (once; about 3 minutes on 2 cores) "
+                      f"into {build_dir} ...", file=sys.stderr, flush=True)
+            start = time.perf_counter()
             load(name="mistralrs_kernels", sources=[str(s) for s in SOURCES], extra_cflags=CFLAGS,
                  extra_ldflags=["-fopenmp"], build_directory=str(build_dir), is_python_module=False, verbose=False)
+            if not built:
+                print(f"mistralrs: native kernels compiled in {time.perf_counter() - start:.0f} s", file=sys.stderr,
+                      flush=True)
         return torch.ops.mistralrs_kernels
     except Exception as exc:  # no compiler / ninja / headers: the torch paths still work
         log.warning("native kernels unavailable (%s: %s); using torch kernels", type(exc).__name__, str(exc)[:300])
