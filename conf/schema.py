@@ -81,6 +81,8 @@ class EngineConfig:
 
 @dataclass
 class SamplingConfig:
+    # generation settings of task=generate/chat/bench and the Python API; the server's defaults for
+    # the fields a request omits (temperature, top_p, top_k, min_p, max_tokens)
     max_tokens: int = 256
     temperature: float = 0.7
     top_k: int = 0  # 0 disables
@@ -96,8 +98,6 @@ class ServeConfig:
     host: str = "127.0.0.1"  # 0.0.0.0 exposes the server to the network
     port: int = 1234  # 0 picks a free port (the listening line on stderr names it)
     api_key: Optional[str] = None  # when set, /v1/* and /tokenize, /detokenize need "Authorization: Bearer <key>"
-    # max_tokens for requests that omit it: None = the rest of the model's context (as vLLM does)
-    default_max_tokens: Optional[int] = None
     max_body_bytes: int = 4 * 2**20  # larger request bodies get 413
     max_messages: int = 1024  # per chat request
     max_prompts: int = 64  # prompts in one /v1/completions request (a list of prompts)

@@ -41,6 +41,16 @@ class LoadedModel:
     load_seconds: float
 
 
+def release_freed_heap() -> None:
+    """Hand the heap that loading freed (tokenizer construction, parsed metadata, conversion buffers)
+    back to the OS: glibc keeps it otherwise, 75 MB of RSS after loading Gemma 3. No-op elsewhere."""
+    import ctypes
+
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only
+    if trim is not None:
+        trim(0)
+
+
 def open_checkpoint(path: Path, regs: Registries, options: ModelConfig | None = None) -> Any:
     """``options``: the user's model options, handed to a checkpoint's ``configure(options)`` hook when it has
     one (legacy GGML files take the hyper-parameters their header lacks from them)."""
@@ -162,6 +172,7 @@ def load_model(cfg: ModelConfig, regs: Registries | None = None, quant: QuantCon
     if cfg.chat_template:
         template = Path(cfg.chat_template)
         tokenizer.chat_template = template.read_text() if template.is_file() else cfg.chat_template
+    release_freed_heap()
     seconds = time.perf_counter() - start
     log.info("loaded %s (%s, %s) on %s as %s in %.2fs", path.name, arch_name, ckpt.format, device, dtype, seconds)
     return LoadedModel(model, tokenizer, ckpt, family, model_cfg, device, dtype, max_seq_len, arch_name, seconds)

@@ -66,6 +66,22 @@ def test_chat_answers(server):
     assert r.choices[0].finish_reason == "stop"  # the model ends its turn with <|im_end|>
 
 
+def test_the_readme_request_answers_with_default_settings(server):
+    """The README's curl body as it is (no max_tokens, no temperature): answered, bounded by the
+    default sampling.max_tokens, with text."""
+    import json
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    body = json.loads(re.search(r"-d '(\{.*?\})'", readme, re.S).group(1))
+    r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert 0 < answer["usage"]["completion_tokens"] <= 256
+    assert answer["choices"][0]["message"]["content"].strip()
+
+
 def _rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as status:
         return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))

@@ -1,14 +1,15 @@
 """OpenAI request fields -> the engine's SamplingParams, with the server's size limits.
 
-Defaults follow OpenAI: temperature 1, top_p 1, n 1; no penalties. ``max_tokens`` absent means
-``serve.default_max_tokens`` if set, capped by the room left in the context, else that room.
+Fields a request omits take the server's ``sampling.*`` settings, as llama-server's ``--temp``/``-n``
+do: ``temperature``, ``top_p``, ``top_k``, ``min_p`` and ``max_tokens`` (256 by default, capped by
+the room left in the context). The rest follow OpenAI: n 1, no penalties, no stop sequences.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from mistralrs.conf.schema import ServeConfig
+from mistralrs.conf.schema import SamplingConfig, ServeConfig
 from mistralrs.engine.sampler import SamplingParams
 
 from .errors import invalid
@@ -17,8 +18,8 @@ from .schemas import SamplingFields
 SEED_LIMIT = 2**63 - 1024  # torch generators take 64-bit seeds; choice i uses seed + i
 
 
-def base_params(req: SamplingFields, cfg: ServeConfig, *, max_waiting: int, logprobs: int | None = None,
-                prompt_logprobs: int | None = None) -> SamplingParams:
+def base_params(req: SamplingFields, cfg: ServeConfig, defaults: SamplingConfig, *, max_waiting: int,
+                logprobs: int | None = None, prompt_logprobs: int | None = None) -> SamplingParams:
     """Everything but ``max_tokens`` (which depends on each prompt's length: see :func:`for_prompt`)."""
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     stop = [s for s in stop if s]  # an empty stop string would match everywhere; ignore it as vLLM does
@@ -43,10 +44,10 @@ def base_params(req: SamplingFields, cfg: ServeConfig, *, max_waiting: int, logp
         raise invalid(f"seed must be in [{-SEED_LIMIT}, {SEED_LIMIT}]", "seed")
     return SamplingParams(
         max_tokens=1,  # placeholder, see for_prompt
-        temperature=1.0 if req.temperature is None else req.temperature,
-        top_k=0 if req.top_k in (None, -1) else req.top_k,  # vLLM's -1 also means off
-        top_p=1.0 if req.top_p is None else req.top_p,
-        min_p=req.min_p or 0.0,
+        temperature=defaults.temperature if req.temperature is None else req.temperature,
+        top_k=defaults.top_k if req.top_k is None else 0 if req.top_k == -1 else req.top_k,  # vLLM's -1: off
+        top_p=defaults.top_p if req.top_p is None else req.top_p,
+        min_p=defaults.min_p if req.min_p is None else req.min_p,
         seed=req.seed,
         ignore_eos=bool(req.ignore_eos),
         stop=stop,
@@ -62,7 +63,7 @@ def base_params(req: SamplingFields, cfg: ServeConfig, *, max_waiting: int, logp
 
 
 def for_prompt(base: SamplingParams, prompt_len: int, requested: int | None, *, max_seq_len: int,
-               default_max_tokens: int | None, max_tokens_param: str, prompt_param: str) -> SamplingParams:
+               default_max_tokens: int, max_tokens_param: str, prompt_param: str) -> SamplingParams:
     """``base`` with the max_tokens this prompt gets; a context overflow is a 400 in OpenAI's words."""
     room = max_seq_len - prompt_len
     if requested is None:
@@ -70,7 +71,7 @@ def for_prompt(base: SamplingParams, prompt_len: int, requested: int | None, *, 
             raise invalid(f"this model's maximum context length is {max_seq_len} tokens, but the prompt has "
                           f"{prompt_len} tokens, leaving no room for a completion", prompt_param,
                           "context_length_exceeded")
-        max_tokens = room if default_max_tokens is None else min(room, default_max_tokens)
+        max_tokens = min(room, default_max_tokens)
     else:
         if requested < 1:
             raise invalid(f"{max_tokens_param} must be >= 1, got {requested}", max_tokens_param)

@@ -15,7 +15,7 @@ from .errors import APIError, engine_errors, error_json, invalid
 from .logprobs import LogprobFormatter
 from .output import GENERATION_FAILED, collect, json_response, usage
 from .params import base_params, for_prompt
-from .schemas import ChatCompletionRequest, decode_body
+from .schemas import ChatCompletionRequest, decode_body, refuse_unsupported
 from .state import ServerState, new_id, server_of
 from .streaming import SSE_DONE, merge, sse, sse_response, start_all, until_disconnect
 
@@ -26,6 +26,7 @@ async def chat_completions(request: Request) -> Response:
     cfg = server.cfg
     req = decode_body(await request.body(), ChatCompletionRequest)
     server.check_model(req.model)
+    refuse_unsupported(req)
     if not req.messages:
         raise invalid("messages must be a non-empty list", "messages")
     if len(req.messages) > cfg.max_messages:
@@ -39,11 +40,11 @@ async def chat_completions(request: Request) -> Response:
         max_tokens, max_param = req.max_tokens, "max_tokens"
 
     with engine_errors("messages", {"logprobs": "top_logprobs", "max_tokens": max_param}, cfg.retry_after_seconds):
-        base = base_params(req, cfg, max_waiting=server.max_waiting, logprobs=logprobs)
+        base = base_params(req, cfg, server.sampling_defaults, max_waiting=server.max_waiting, logprobs=logprobs)
         base.validate(server.vocab_size)
         prompt_ids = await asyncio.to_thread(server.llm.chat_prompt_ids, req.messages)
         params = for_prompt(base, len(prompt_ids), max_tokens, max_seq_len=server.max_seq_len,
-                            default_max_tokens=cfg.default_max_tokens, max_tokens_param=max_param,
+                            default_max_tokens=server.sampling_defaults.max_tokens, max_tokens_param=max_param,
                             prompt_param="messages")
         gens = [server.engine.generate(prompt_ids, params)]
         firsts = await until_disconnect(request, start_all(gens))

@@ -21,7 +21,7 @@ from .errors import APIError, engine_errors, error_json, invalid
 from .logprobs import LogprobFormatter
 from .output import GENERATION_FAILED, ChoiceOutput, collect, json_response, usage
 from .params import base_params, for_prompt
-from .schemas import CompletionRequest, decode_body
+from .schemas import CompletionRequest, decode_body, refuse_unsupported
 from .state import ServerState, new_id, server_of
 from .streaming import SSE_DONE, merge, sse, sse_response, start_all, until_disconnect
 
@@ -68,6 +68,7 @@ async def completions(request: Request) -> Response:
     cfg = server.cfg
     req = decode_body(await request.body(), CompletionRequest)
     server.check_model(req.model)
+    refuse_unsupported(req)
     if req.suffix:
         raise invalid("suffix is not supported by this server (no fill-in-the-middle completion)", "suffix")
     n = 1 if req.n is None else req.n
@@ -79,7 +80,7 @@ async def completions(request: Request) -> Response:
     prompt_logprobs = req.logprobs if echo else None
 
     with engine_errors("prompt", {"prompt_logprobs": "logprobs"}, cfg.retry_after_seconds):
-        base = base_params(req, cfg, max_waiting=server.max_waiting, logprobs=req.logprobs,
+        base = base_params(req, cfg, server.sampling_defaults, max_waiting=server.max_waiting, logprobs=req.logprobs,
                            prompt_logprobs=prompt_logprobs)
         base.validate(server.vocab_size)
         prompts = await asyncio.to_thread(parse_prompts, req.prompt, server, echo)
@@ -87,7 +88,7 @@ async def completions(request: Request) -> Response:
             raise invalid(f"{len(prompts)} prompts x n={n} sequences exceed the server's queue capacity "
                           f"({server.max_waiting}, engine.max_waiting)", "n" if n > 1 else "prompt")
         params = [for_prompt(base, len(p.ids), max_tokens, max_seq_len=server.max_seq_len,
-                             default_max_tokens=cfg.default_max_tokens, max_tokens_param="max_tokens",
+                             default_max_tokens=server.sampling_defaults.max_tokens, max_tokens_param="max_tokens",
                              prompt_param="prompt") for p in prompts]
         gens = [server.engine.generate(p.ids, sp) for p, sp in zip(prompts, params)]
         firsts = await until_disconnect(request, start_all(gens))

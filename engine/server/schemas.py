@@ -45,6 +45,30 @@ class SamplingFields(Struct, kw_only=True):
     ignore_eos: bool | None = None
     stop_token_ids: list[int] | None = None
     return_tokens_as_token_ids: bool | None = None  # logprobs name tokens "token_id:<id>"
+    # OpenAI features this server does not implement yet: refused by refuse_unsupported, never ignored
+    response_format: Any = None
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+
+
+def refuse_unsupported(req: SamplingFields) -> None:
+    """A 400 naming the first requested feature the server cannot honour (structured output, tool
+    calling): answering without it would look like success and be wrong."""
+    fmt = req.response_format
+    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text" and len(fmt) == 1):
+        kind = fmt.get("type") if isinstance(fmt, dict) else None
+        raise invalid(f"response_format {kind!r} is not supported by this server yet (only {{'type': 'text'}}); "
+                      "structured output is not enforced, so the request is refused rather than answered freely",
+                      "response_format")
+    for field in ("tools", "functions"):
+        if getattr(req, field):
+            raise invalid(f"{field} (function calling) is not supported by this server yet", field)
+    for field in ("tool_choice", "function_call"):
+        value = getattr(req, field)
+        if value is not None and value != "none":
+            raise invalid(f"{field}={value!r} is not supported by this server yet (no function calling)", field)
 
 
 class ChatCompletionRequest(SamplingFields, kw_only=True):

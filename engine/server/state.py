@@ -9,7 +9,7 @@ from typing import Any
 
 from litestar import Request
 
-from mistralrs.conf.schema import ServeConfig
+from mistralrs.conf.schema import SamplingConfig, ServeConfig
 from mistralrs.engine.async_engine import AsyncEngine
 
 from .errors import APIError
@@ -39,6 +39,11 @@ class ServerState:
     @property
     def vocab_size(self) -> int:
         return self.llm.loaded.config.vocab_size
+
+    @property
+    def sampling_defaults(self) -> SamplingConfig:
+        """What a request's omitted sampling fields take: the server's ``sampling.*`` settings."""
+        return self.llm.config.sampling
 
     @property
     def max_waiting(self) -> int:

@@ -1,0 +1,72 @@
+"""Fields a request omits take the server's ``sampling.*`` settings (as llama-server's --temp and -n
+do), so a bare request answers in bounded time."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from server_helpers import ServerProcess, tiny_server_args, token_ids
+
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from tiny_models import make_tiny_llama
+
+    path = tmp_path_factory.mktemp("defaults") / "llama"
+    make_tiny_llama(path)  # context 256 tokens
+    proc = ServerProcess(*tiny_server_args(path, "sampling.max_tokens=7", "sampling.temperature=0"),
+                         cwd=tmp_path_factory.mktemp("cwd"))
+    yield proc
+    assert proc.stop(signal.SIGTERM) == 0, proc.stderr
+
+
+def test_omitted_max_tokens_and_temperature_take_the_servers_sampling_settings(server):
+    client = server.client()
+    extra = {"ignore_eos": True, "return_tokens_as_token_ids": True}
+    bare = client.completions.create(model="llama", prompt="hello", logprobs=0, extra_body=extra)
+    assert bare.usage.completion_tokens == 7  # sampling.max_tokens
+    # sampling.temperature=0: the bare request is greedy, the same as an explicit temperature 0
+    greedy = client.completions.create(model="llama", prompt="hello", logprobs=0, max_tokens=7, temperature=0,
+                                       extra_body=extra)
+    assert token_ids(bare.choices[0].logprobs.tokens) == token_ids(greedy.choices[0].logprobs.tokens)
+    chat = client.chat.completions.create(model="llama", messages=[{"role": "user", "content": "hi"}],
+                                          extra_body={"ignore_eos": True})
+    assert chat.usage.completion_tokens == 7
+
+
+def test_a_request_field_overrides_the_server_setting(server):
+    client = server.client()
+    r = client.completions.create(model="llama", prompt="hello", max_tokens=12, extra_body={"ignore_eos": True})
+    assert r.usage.completion_tokens == 12
+    sampled = {client.completions.create(model="llama", prompt="hello", max_tokens=12, temperature=2.0, seed=s,
+                                         extra_body={"ignore_eos": True}).choices[0].text for s in range(4)}
+    assert len(sampled) > 1  # temperature 2 from the request, not the server's greedy 0
+
+
+@pytest.mark.parametrize("kwargs, param", [
+    (dict(response_format={"type": "json_object"}), "response_format"),
+    (dict(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}),
+     "response_format"),
+    (dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]), "tools"),
+    (dict(tool_choice="required"), "tool_choice"),
+    (dict(extra_body={"functions": [{"name": "f"}]}), "functions"),
+])
+def test_unsupported_openai_features_are_refused_not_ignored(server, kwargs, param):
+    import openai
+
+    client = server.client()
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="llama", messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                       **kwargs)
+    err = info.value.body.get("error", info.value.body) if isinstance(info.value.body, dict) else {}
+    assert err.get("param") == param and "not supported" in err.get("message", ""), info.value.body
+
+
+def test_plain_text_response_format_and_no_tools_are_accepted(server):
+    r = server.client().chat.completions.create(model="llama", messages=[{"role": "user", "content": "hi"}],
+                                                max_tokens=2, response_format={"type": "text"}, tool_choice="none")
+    assert r.choices[0].finish_reason in ("stop", "length")
