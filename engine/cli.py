@@ -31,11 +31,15 @@ TASKS = {
 def run_task(cfg: DictConfig) -> None:
     from mistralrs.registry import resolve
 
+    from .config import to_schema, validate_config
+
     logging.basicConfig(level=str(cfg.get("log_level", "WARNING")).upper(), stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s", force=True)
     task = cfg.task
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
+    if task not in ("plugins", "report"):  # those load no model
+        validate_config(to_schema(cfg))
     resolve(TASKS[task])(cfg)
 
 
@@ -54,7 +58,20 @@ def _hydra_main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return f"mistralrs {dist_version('mistralrs-py')}"
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "mistralrs (not installed)"
+
+
 def main() -> None:
+    if any(arg in ("--version", "-V") for arg in sys.argv[1:]):
+        print(version())
+        return
     strict = any(arg in ("engine.strict_plugins=true", "engine.strict_plugins=True") for arg in sys.argv[1:])
     from mistralrs.engine.quant.quantize_types import quote_width_overrides
 

@@ -47,3 +47,45 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
 def to_schema(cfg: DictConfig | Any) -> Config:
     """A typed view (dataclass instance) of a composed config; raises on missing mandatory values."""
     return OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
+
+
+def validate_config(config: Config) -> None:
+    """Reject bad values of the composed config before anything loads (a bad sampling value found
+    after minutes of loading is a bad first experience). Raises ValueError naming the setting."""
+    from mistralrs.conf.schema import SamplingConfig
+
+    checks = [
+        ("model.dtype", config.model.dtype in ("auto", "float32", "bfloat16", "float16", "f32", "bf16", "f16"),
+         "auto, float32, bfloat16 or float16"),
+        ("model.weights", config.model.weights in ("auto", "packed", "dense"), "auto, packed or dense"),
+        ("model.max_seq_len", config.model.max_seq_len is None or config.model.max_seq_len >= 1, ">= 1"),
+        ("engine.threads", config.engine.threads is None or config.engine.threads >= 1, ">= 1 (or unset: all cores)"),
+        ("engine.max_seqs", config.engine.max_seqs >= 1, ">= 1"),
+        ("engine.max_batch_tokens", config.engine.max_batch_tokens >= 1, ">= 1"),
+        ("engine.block_size", config.engine.block_size >= 1, ">= 1"),
+        ("engine.kv_cache_memory_gb", config.engine.kv_cache_memory_gb > 0, "> 0"),
+        ("engine.kv_cache_dtype", config.engine.kv_cache_dtype in ("auto", "float32", "float16", "bfloat16"),
+         "auto, float32, float16 or bfloat16"),
+        ("serve.port", 0 <= config.serve.port <= 65535, "in [0, 65535]"),
+        ("bench.mode", config.bench.mode in ("engine", "served"), "engine or served"),
+    ]
+    for key, ok, allowed in checks:
+        if not ok:
+            raise ValueError(f"{key}={_value_of(config, key)!r} is invalid: it must be {allowed}")
+    from mistralrs.engine.quant.quantize_types import resolve_isq_type
+
+    resolve_isq_type(config.quant.type)  # raises naming the type and the known ones
+    from mistralrs.engine.sampler import InvalidSamplingParam, SamplingParams
+
+    sampling: SamplingConfig = config.sampling
+    try:
+        SamplingParams(max_tokens=sampling.max_tokens, temperature=sampling.temperature, top_k=sampling.top_k,
+                       top_p=sampling.top_p, min_p=sampling.min_p, stop=list(sampling.stop)).validate()
+    except InvalidSamplingParam as exc:
+        raise ValueError(f"sampling.{exc.param}={getattr(sampling, exc.param)!r} is invalid: {exc}") from None
+
+
+def _value_of(config: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        config = getattr(config, part)
+    return config

@@ -83,3 +83,34 @@ def test_help_lists_groups():
     for group in ("model:", "quant:", "engine:", "sampling:", "serve:"):
         assert group in result.stdout
     assert "smollm2" in result.stdout
+
+
+def test_version_and_help(tmp_path):
+    from importlib.metadata import version
+
+    result = run_cli("--version", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip() == f"mistralrs {version('mistralrs-py')}"
+    help_text = run_cli("--help", cwd=tmp_path).stdout
+    for task in ("serve", "chat", "generate", "bench", "report", "plugins"):
+        assert f"\n  {task} " in help_text, task
+    assert "mistralrs model=llama quant=q4_k serve.port=1234" in help_text  # the README's examples
+    assert "model: gemma, gemma3, llama" in help_text  # groups and their options
+    assert "kv_cache_dtype: auto" in help_text and "temperature: 0.7" in help_text  # settings with defaults
+    assert "Hydra" not in help_text.splitlines()[0]
+
+
+@pytest.mark.parametrize("setting, named", [
+    ("sampling.temperature=-1", "sampling.temperature=-1.0"),
+    ("sampling.top_p=0", "sampling.top_p"),
+    ("engine.kv_cache_dtype=int4", "engine.kv_cache_dtype='int4'"),
+    ("model.dtype=float64", "model.dtype='float64'"),
+    ("quant=q4_k quant.type=q9_z", "q9_z"),
+])
+@pytest.mark.parametrize("task", ["serve", "generate"])
+def test_bad_values_fail_before_anything_loads(tmp_path, setting, named, task):
+    """The source does not exist: an error about the setting, not the file, proves the check ran first."""
+    result = run_cli(f"task={task}", "prompt=x", "model=llama", "model.source=/nonexistent/model.gguf",
+                     *setting.split(), cwd=tmp_path, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert named in result.stderr and "nonexistent" not in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
