@@ -115,3 +115,16 @@ def test_rss_growth_is_bounded_over_200_requests(smollm2_gguf, tmp_path):
     finally:
         assert proc.stop(signal.SIGTERM) == 0, proc.stderr
     assert after - before < 16, f"RSS grew {after - before:.1f} MB over 200 requests ({before:.0f} -> {after:.0f} MB)"
+
+
+def test_the_headline_command_serves_a_chat(smollm2_gguf, tmp_path):
+    """`mistralrs model=llama quant=q4_k serve.port=1234` (on a free port here): model=llama serves
+    SmolLM2, whose Q4_1 file is requantized to Q4_K at load, with a warning saying so."""
+    proc = ServerProcess("model=llama", "quant=q4_k", cwd=tmp_path)
+    try:
+        r = proc.client().chat.completions.create(
+            model="llama", messages=[{"role": "user", "content": "What is the capital of France?"}])
+        assert r.choices[0].message.content.strip() and 0 < r.usage.completion_tokens <= 256
+    finally:
+        assert proc.stop(signal.SIGTERM) == 0, proc.stderr
+    assert "requantizing from the dequantized weights" in proc.stderr
