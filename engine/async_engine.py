@@ -31,6 +31,7 @@ class AsyncEngine:
         self.compute = compute or compute_thread()
         self._closing = False
         self._stopped = False
+        self._shutdown: asyncio.Future | None = None  # set while/after shutting down
         # events of the current step, handed to the event loop in one call after it: one wake-up of
         # the loop per step instead of one per sequence and token
         self._outbox: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue, SeqEvent]] = []
@@ -117,21 +118,35 @@ class AsyncEngine:
     async def stats(self) -> EngineStats:
         return await asyncio.wrap_future(self.call(self.engine.stats))
 
-    async def shutdown(self, grace_seconds: float = 10.0) -> None:
-        """Refuse new requests, let running ones finish for up to ``grace_seconds``, cancel the rest."""
+    async def shutdown(self, grace_seconds: float = 10.0) -> int:
+        """Refuse new requests, let running ones finish for up to ``grace_seconds``, then end the rest
+        with ``finish_reason: "abort"`` (their streams still get a final chunk and ``[DONE]``).
+        Returns how many sequences were cut; a second call waits for the first and returns 0."""
+        if self._shutdown is not None:
+            await asyncio.shield(self._shutdown)
+            return 0
+        self._shutdown = asyncio.get_running_loop().create_future()
         self._closing = True
         deadline = asyncio.get_running_loop().time() + grace_seconds
         while asyncio.get_running_loop().time() < deadline:
             if not await asyncio.wrap_future(self.call(self.engine.has_work)):
                 break
             await asyncio.sleep(0.05)
-        def stop() -> None:
+
+        def stop() -> int:
+            cut = len(self.engine.scheduler.running) + len(self.engine.scheduler.waiting)
             self._end_all("abort")
             self._flush()
             self._stopped = True
             self.compute.remove_poller(self._poll)
+            return cut
 
-        await asyncio.wrap_future(self.call(stop))
+        cut = await asyncio.wrap_future(self.call(stop))
+        if cut:
+            log.warning("shutdown: %d sequence(s) still generating after %.0f s were ended (finish_reason "
+                        "'abort')", cut, grace_seconds)
+        self._shutdown.set_result(None)
+        return cut
 
 
 def _deliver(items: list[tuple[asyncio.Queue, SeqEvent]]) -> None:

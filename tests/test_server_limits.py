@@ -151,3 +151,47 @@ def test_sigterm_lets_in_flight_requests_finish(long_dir, tmp_path):
     finally:
         proc.kill()
     assert "Traceback" not in proc.stderr
+
+
+def test_sigterm_ends_every_stream_cleanly_after_the_grace(long_dir, tmp_path):
+    """8 long streams, SIGTERM, a 1 s grace: each client still gets a final chunk with a finish reason
+    and ``data: [DONE]``, the server exits 0 within the grace plus a margin, and logs no traceback."""
+    proc = ServerProcess(*tiny_server_args(long_dir, "serve.shutdown_grace_seconds=1", "engine.max_seqs=8"),
+                         cwd=tmp_path)
+    results: list[list[str]] = [[] for _ in range(8)]
+    started = threading.Barrier(9)
+
+    def stream(i: int) -> None:
+        body = {"model": "llama", "prompt": f"stream {i}", "max_tokens": 2000, "stream": True, "ignore_eos": True,
+                "temperature": 0}
+        with httpx.stream("POST", proc.url + "/v1/completions", json=body, timeout=60) as r:
+            lines = r.iter_lines()
+            for line in lines:
+                if line:
+                    results[i].append(line)
+                    break
+            started.wait(30)
+            results[i].extend(line for line in lines if line)
+
+    try:
+        threads = [threading.Thread(target=stream, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        started.wait(30)
+        t0 = time.monotonic()
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.proc.wait(30) == 0, proc.stderr
+        exit_seconds = time.monotonic() - t0
+        for t in threads:
+            t.join(30)
+    finally:
+        proc.kill()
+    for lines in results:
+        assert lines[-1] == "data: [DONE]", lines[-3:]
+        last = json.loads(lines[-2].removeprefix("data: "))
+        assert last["choices"][0]["finish_reason"] in ("abort", "length"), last
+    assert any(json.loads(lines[-2].removeprefix("data: "))["choices"][0]["finish_reason"] == "abort"
+               for lines in results)  # 8 x 2000 tokens do not fit in 1 s: some were cut
+    assert exit_seconds < 1 + 10, exit_seconds
+    assert "Traceback" not in proc.stderr and "CancelledError" not in proc.stderr, proc.stderr
+    assert "were ended (finish_reason 'abort')" in proc.stderr

@@ -3,7 +3,8 @@
 The socket is bound before the model loads, so a taken port fails at once with one line; clients
 are refused until the model is ready and one line on stderr says ``serving <model> on http://...``.
 SIGINT/SIGTERM stop accepting connections, give in-flight requests ``serve.shutdown_grace_seconds``
-to finish, cancel the rest and exit 0 (a second SIGINT forces the exit).
+to finish, end the rest with ``finish_reason: "abort"`` (a final chunk and ``[DONE]`` for streams) and
+exit 0 (a second SIGINT forces the exit).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import signal
 import socket
 import sys
 import threading
-from typing import Iterator
+from typing import Awaitable, Callable, Iterator
 
 import uvicorn
 from omegaconf import DictConfig
@@ -53,21 +54,33 @@ def run(cfg: DictConfig) -> None:
     app = create_app(llm, serve)
     if serve.access_log:
         logging.getLogger("uvicorn.access").setLevel(logging.INFO)
+    # uvicorn cancels connections still open after its own timeout: give the engine's grace period
+    # and the final chunks time to reach the clients first (see _Server.capture_signals)
     uv_config = uvicorn.Config(app, log_config=None, access_log=serve.access_log, lifespan="on", ws="none",
-                               timeout_graceful_shutdown=serve.shutdown_grace_seconds, server_header=False)
-    server = _Server(uv_config, banner=f"serving {llm.name} on {url_of(sock)}")
+                               timeout_graceful_shutdown=serve.shutdown_grace_seconds + 5, server_header=False)
+    state = app.state.server
+    server = _Server(uv_config, banner=f"serving {llm.name} on {url_of(sock)}",
+                     on_exit=lambda: state.engine.shutdown(serve.shutdown_grace_seconds))
     asyncio.run(server.serve(sockets=[sock]))
 
 
 class _Server(uvicorn.Server):
     """uvicorn's server, announcing itself once listening, and ending with exit status 0 after a
-    graceful shutdown (uvicorn re-raises the signal it caught, which would kill the process)."""
+    graceful shutdown (uvicorn re-raises the signal it caught, which would kill the process).
 
-    def __init__(self, config, banner: str):
+    On the first SIGINT/SIGTERM it starts ``on_exit`` (the engine's shutdown: running sequences get
+    the grace period, then end with a final chunk and ``[DONE]``) while uvicorn stops accepting and
+    waits for the open connections, which those final chunks close."""
+
+    def __init__(self, config, banner: str, on_exit: Callable[[], Awaitable[object]] | None = None):
         super().__init__(config)
         self.banner = banner
+        self.on_exit = on_exit
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._exit_task: asyncio.Future | None = None
 
     async def startup(self, sockets=None) -> None:
+        self._loop = asyncio.get_running_loop()
         await super().startup(sockets=sockets)
         if self.started:
             print(self.banner, file=sys.stderr, flush=True)
@@ -82,6 +95,8 @@ class _Server(uvicorn.Server):
             if self.should_exit and sig == signal.SIGINT:
                 self.force_exit = True
             self.should_exit = True
+            if self.on_exit is not None and self._loop is not None and self._exit_task is None:
+                self._loop.call_soon_threadsafe(self._start_exit)
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -89,3 +104,7 @@ class _Server(uvicorn.Server):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def _start_exit(self) -> None:
+        if self._exit_task is None and self.on_exit is not None:
+            self._exit_task = asyncio.ensure_future(self.on_exit())
