@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 import torch
 
 MAX_TOP_LOGPROBS = 20
+# Temperatures below this sample greedily (as vLLM's _SAMPLING_EPS): dividing float32 logits by 1e-45
+# overflows to inf and the softmax to NaN.
+GREEDY_BELOW_TEMPERATURE = 1e-5
+MIN_REPETITION_PENALTY = 0.01  # below it, dividing logits overflows float32
 
 
 @dataclass
@@ -38,14 +42,15 @@ class SamplingParams:
         checks = [
             ("max_tokens", self.max_tokens >= 1, "must be >= 1"),
             ("temperature", 0 <= self.temperature <= 100, "must be in [0, 100]"),
-            ("top_k", self.top_k >= 0, "must be >= 0"),
+            ("top_k", 0 <= self.top_k < 2**31, "must be in [0, 2^31)"),
             ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
             ("min_p", 0 <= self.min_p <= 1, "must be in [0, 1]"),
             ("stop", all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings"),
             ("n", 1 <= self.n <= 128, "must be in [1, 128]"),
             ("presence_penalty", -2 <= self.presence_penalty <= 2, "must be in [-2, 2]"),
             ("frequency_penalty", -2 <= self.frequency_penalty <= 2, "must be in [-2, 2]"),
-            ("repetition_penalty", 0 < self.repetition_penalty <= 10, "must be in (0, 10]"),
+            ("repetition_penalty", MIN_REPETITION_PENALTY <= self.repetition_penalty <= 10,
+             f"must be in [{MIN_REPETITION_PENALTY}, 10]"),
             ("logit_bias", all(-100 <= v <= 100 for v in self.logit_bias.values()), "values must be in [-100, 100]"),
             ("logprobs", self.logprobs is None or 0 <= self.logprobs <= MAX_TOP_LOGPROBS,
              f"must be in [0, {MAX_TOP_LOGPROBS}]"),
@@ -63,7 +68,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0 or self.top_k == 1
+        return self.temperature < GREEDY_BELOW_TEMPERATURE or self.top_k == 1
 
     @property
     def penalized(self) -> bool:
@@ -153,7 +158,8 @@ def filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.
     top_k = [p.top_k for p in params]
     if any(top_k):
         sorted_desc = logits.sort(dim=-1, descending=True).values
-        k = torch.tensor([k if k > 0 else logits.shape[-1] for k in top_k], device=device).clamp(max=logits.shape[-1])
+        vocab = logits.shape[-1]
+        k = torch.tensor([min(k, vocab) if k > 0 else vocab for k in top_k], device=device)
         kth = sorted_desc.gather(1, (k - 1).unsqueeze(1))
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = logits.softmax(dim=-1)
@@ -161,7 +167,8 @@ def filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.
     if (top_p < 1).any():
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of strictly better tokens
-        drop_sorted = before >= top_p  # keep the smallest prefix reaching top_p (always >= 1 token)
+        drop_sorted = before >= top_p  # keep the smallest prefix reaching top_p
+        drop_sorted[:, 0] = False  # and always the best token (a top_p that rounds to 0 in float32)
         drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
         probs = probs.masked_fill(drop, 0.0)
     min_p = torch.tensor([p.min_p for p in params], device=device).unsqueeze(1)

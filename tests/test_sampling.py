@@ -117,3 +117,27 @@ def test_earliest_of_several_stops_wins():
 def test_no_stops_passes_through():
     f = StopStringFilter([])
     assert f.push("abc") == "abc" and f.flush() == ""
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(temperature=1e-45), SamplingParams(temperature=5e-324), SamplingParams(temperature=1e-300),
+    SamplingParams(temperature=1.0, top_p=1e-300), SamplingParams(temperature=1.0, top_k=2**31 - 1),
+    SamplingParams(temperature=1.0, repetition_penalty=0.01),
+])
+def test_extreme_but_valid_values_sample_a_real_token(params):
+    """Values the validator lets through must not make the sampler raise (a failed step used to end
+    every sequence in the batch): tiny temperatures sample greedily, a top_p that rounds to 0 keeps the
+    best token, a huge top_k is the whole vocabulary."""
+    params.validate(vocab_size=1000)
+    logits = torch.randn(1, 1000, generator=torch.Generator().manual_seed(0))
+    tokens = draw(logits, params, n=5)
+    assert tokens <= set(range(1000))
+    if params.temperature < 1e-5 or params.top_p < 1e-6:
+        assert tokens == {int(logits.argmax())}
+
+
+@pytest.mark.parametrize("bad", [dict(top_k=2**63), dict(repetition_penalty=1e-38)])
+def test_values_the_sampler_cannot_handle_are_rejected(bad):
+    with pytest.raises(InvalidSamplingParam) as err:
+        SamplingParams(**bad).validate(vocab_size=100)
+    assert err.value.param == next(iter(bad))

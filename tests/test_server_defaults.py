@@ -70,3 +70,37 @@ def test_plain_text_response_format_and_no_tools_are_accepted(server):
     r = server.client().chat.completions.create(model="llama", messages=[{"role": "user", "content": "hi"}],
                                                 max_tokens=2, response_format={"type": "text"}, tool_choice="none")
     assert r.choices[0].finish_reason in ("stop", "length")
+
+
+def test_extreme_sampling_values_never_harm_a_live_stream(server):
+    """Values at the edge of float32 beside a decoding stream: each gets a 200 (sampled as documented)
+    or a 400 naming the field, and the stream still finishes with all its tokens."""
+    import threading
+
+    import httpx
+
+    client = server.client()
+    done: dict = {}
+
+    def live() -> None:
+        chunks = list(client.completions.create(model="llama", prompt="live", max_tokens=200, stream=True,
+                                                temperature=0.8, logprobs=0, extra_body={"ignore_eos": True}))
+        done["tokens"] = sum(len(c.choices[0].logprobs.tokens) for c in chunks if c.choices and c.choices[0].logprobs)
+        done["finish"] = chunks[-1].choices[0].finish_reason
+
+    thread = threading.Thread(target=live)
+    thread.start()
+    statuses = {}
+    for field, value in [("temperature", 1e-45), ("temperature", 5e-324), ("top_p", 1e-300), ("top_k", 2**63),
+                         ("repetition_penalty", 1e-38), ("top_k", 2**31 - 1)]:
+        body = {"model": "llama", "prompt": "x", "max_tokens": 3, field: value}
+        if field != "temperature":
+            body["temperature"] = 1.0
+        r = httpx.post(server.url + "/v1/completions", json=body, timeout=60)
+        statuses[(field, value)] = r.status_code
+        assert r.status_code in (200, 400), r.text
+        if r.status_code == 400:
+            assert r.json()["error"]["param"] == field
+    thread.join(60)
+    assert done == {"tokens": 200, "finish": "length"}
+    assert statuses[("temperature", 1e-45)] == 200 and statuses[("top_k", 2**63)] == 400
