@@ -63,6 +63,11 @@ def open_checkpoint(path: Path, regs: Registries, options: ModelConfig | None = 
                 configure(options)
             return ckpt
     formats = ", ".join(regs.formats.names())
+    if path.is_file() and path.suffix.lower() == ".gguf":  # named like one: say what is wrong with it
+        with path.open("rb") as f:
+            magic = f.read(4)
+        raise ModelFileError(path, f"not a GGUF file: it starts with {magic!r}, a GGUF file with b'GGUF' "
+                                   f"(a truncated download, or another file renamed?)")
     raise ModelFileError(path, f"not a recognized model ({formats}): expected a .gguf file or a directory with config.json")
 
 

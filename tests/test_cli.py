@@ -47,11 +47,14 @@ def test_interactive_chat_reads_turns_until_eof(tiny_dir, tmp_path):
     (["task=generate"], "needs a prompt"),
     (["task=nonsense"], "unknown task"),
     (["task=generate", "prompt=x", "model=llama", "model.source=/etc/hostname"], "not a recognized model"),
+    (["task=generate", "prompt=x", "model=llama", "model.source=TEXT_GGUF"], "not a GGUF file: it starts with b'hell'"),
     (["task=generate", "prompt=x", "model=llama", "model.dtype=float64", "model.source=TINY"], "model.dtype"),
     (["task=generate", "prompt=x", "model=llama", "sampling.top_p=7", "model.source=TINY"], "top_p"),
 ])
 def test_bad_input_gives_one_clear_line(tiny_dir, tmp_path, args, message):
-    args = [a.replace("TINY", str(tiny_dir)) for a in args]
+    text_gguf = tmp_path / "x.gguf"
+    text_gguf.write_text("hello, not a model")
+    args = [a.replace("TINY", str(tiny_dir)).replace("TEXT_GGUF", str(text_gguf)) for a in args]
     result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
