@@ -132,7 +132,9 @@ class BenchConfig:
 @dataclass
 class ReportConfig:
     input: Optional[str] = None  # bench JSONL file(s) or sweep directories, comma-separated
-    output: str = "bench-report"  # writes <output>.md and <output>.png
+    # writes <output>.md and <output>.png; default: report.{md,png} in the (first) sweep directory, or
+    # <file>-report.{md,png} beside a JSONL file
+    output: Optional[str] = None
 
 
 @dataclass

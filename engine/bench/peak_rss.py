@@ -19,3 +19,13 @@ def peak_rss_mb() -> float:
     except OSError:
         pass  # no /proc (not Linux): getrusage, whose figure may include a parent's peak
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak (Linux: /proc/self/clear_refs "5"): a sweep runs its jobs in one process, and
+    each job's row must carry its own peak, not the running one."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return  # not Linux: the figure stays the process's peak so far

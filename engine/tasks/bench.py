@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from .common import load_llm
-from mistralrs.engine.bench.peak_rss import peak_rss_mb
+from mistralrs.engine.bench.peak_rss import peak_rss_mb, reset_peak_rss
 
 # Any text works; it only has to tokenize to enough tokens, the same way every run.
 _FILLER = ("The history of computing is a story of abstraction layered on abstraction, from relays and vacuum "
@@ -52,6 +52,7 @@ def run(cfg: DictConfig) -> dict:
         return run_served(cfg)
     if cfg.bench.mode != "engine":
         raise ValueError(f"bench.mode must be engine or served, not {cfg.bench.mode!r}")
+    reset_peak_rss()  # this job's own peak, even as one job of a sweep's process
     llm = load_llm(cfg)
     b = cfg.bench
     prompt = bench_prompt(llm.tokenizer, int(b.prompt_tokens))
