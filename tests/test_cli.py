@@ -117,3 +117,76 @@ def test_bad_values_fail_before_anything_loads(tmp_path, setting, named, task):
     assert result.returncode == 2, result.stderr
     assert named in result.stderr and "nonexistent" not in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _own_terminal() -> None:
+    """In the child: a new session whose controlling terminal is the pty on stdin, so Ctrl-C typed
+    there becomes SIGINT, as in a real terminal."""
+    import fcntl
+    import os
+    import termios
+
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def test_interactive_chat_in_a_terminal_ctrl_c_stops_the_reply(tmp_path, tmp_path_factory):
+    """In a pty: Ctrl-C during a long reply returns to the prompt (the chat goes on), /help lists the
+    commands, /system sets the system message, Ctrl-C twice at an empty prompt quits."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+
+    from tiny_models import make_tiny_llama
+
+    model = tmp_path_factory.mktemp("chat-pty") / "llama"
+    make_tiny_llama(model, max_position_embeddings=2048)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "mistralrs.engine.cli", "task=chat", "model=llama",
+                             f"model.source={model}", "sampling.max_tokens=2000", "sampling.ignore_eos=true",
+                             "engine.threads=1"], stdin=follower, stdout=follower, stderr=follower, cwd=tmp_path,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1"), preexec_fn=_own_terminal)
+    os.close(follower)
+    seen = b""
+
+    def read_until(marker: bytes, timeout: float = 120) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while marker not in seen:
+            assert time.monotonic() < deadline, seen[-400:]
+            if select.select([leader], [], [], 0.1)[0]:
+                seen += os.read(leader, 65536)
+
+    def send(data: bytes) -> None:
+        nonlocal seen
+        seen = b""
+        os.write(leader, data)
+
+    try:
+        read_until(b"> ")
+        send(b"/help\n")
+        read_until(b"/system <text>")
+        read_until(b"> ")
+        send(b"/system Be brief.\n")
+        read_until(b"system message set")
+        read_until(b"> ")
+        send(b"tell me a long story\n")
+        read_until(b"story\r\n")  # the echoed line
+        while len(seen.split(b"story\r\n", 1)[1]) < 8:  # the reply has started streaming
+            if select.select([leader], [], [], 0.05)[0]:
+                seen += os.read(leader, 65536)
+        os.write(leader, b"\x03")  # Ctrl-C: the terminal sends SIGINT to the chat
+        read_until(b" [stopped]\r\n> ")
+        assert proc.poll() is None  # still chatting
+        send(b"\x03")
+        read_until(b"to quit)\r\n> ")  # the hint, then the prompt again
+        send(b"\x03")
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(leader)
+    assert b"Traceback" not in seen
