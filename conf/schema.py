@@ -79,15 +79,20 @@ class EngineConfig:
     strict_plugins: bool = False  # a plugin that fails to import becomes fatal
 
 
+BUILTIN_SAMPLING = {"temperature": 0.7, "top_k": 0, "top_p": 1.0, "min_p": 0.0}
+
+
 @dataclass
 class SamplingConfig:
     # generation settings of task=generate/chat/bench and the Python API; the server's defaults for
-    # the fields a request omits (temperature, top_p, top_k, min_p, max_tokens)
+    # the fields a request omits (temperature, top_p, top_k, min_p, max_tokens). Unset (null), the
+    # four sampling values take the model file's recommendation (generation_config.json, GGUF
+    # general.sampling.*), else BUILTIN_SAMPLING.
     max_tokens: int = 256
-    temperature: float = 0.7
-    top_k: int = 0  # 0 disables
-    top_p: float = 1.0
-    min_p: float = 0.0
+    temperature: Optional[float] = None  # built-in 0.7; 0 = greedy
+    top_k: Optional[int] = None  # built-in 0 (off)
+    top_p: Optional[float] = None  # built-in 1.0
+    min_p: Optional[float] = None  # built-in 0.0
     seed: Optional[int] = None
     ignore_eos: bool = False
     stop: list[str] = field(default_factory=list)

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from mistralrs.conf.schema import Config
 
 from .compute_thread import compute_thread
-from .config import compose_config, to_schema
+from .config import compose_config, resolve_sampling, to_schema
 from .llm_engine import LLMEngine
 from .loader import LoadedModel, load_model, weights_mode
 from .model_runner import full_logits
@@ -46,7 +46,10 @@ class LLM:
     runs on the process's compute thread, whichever thread calls (see compute_thread.py)."""
 
     def __init__(self, config: Config, loaded: LoadedModel):
-        self.config = config
+        # unset sampling values: the model file's recommendation, else the built-in defaults
+        recommend = getattr(loaded.checkpoint, "recommended_sampling", dict)  # plugins' readers may predate it
+        sampling = resolve_sampling(config.sampling, recommend(), str(loaded.checkpoint.path))
+        self.config = dataclasses.replace(config, sampling=sampling)
         self.loaded = loaded
         self.compute = compute_thread()
         exact = weights_mode(config.model) == "dense"

@@ -78,9 +78,10 @@ def validate_config(config: Config) -> None:
     from mistralrs.engine.sampler import InvalidSamplingParam, SamplingParams
 
     sampling: SamplingConfig = config.sampling
+    given = {name: getattr(sampling, name) for name in ("temperature", "top_k", "top_p", "min_p")
+             if getattr(sampling, name) is not None}  # unset: the model's recommendation, checked at load
     try:
-        SamplingParams(max_tokens=sampling.max_tokens, temperature=sampling.temperature, top_k=sampling.top_k,
-                       top_p=sampling.top_p, min_p=sampling.min_p, stop=list(sampling.stop)).validate()
+        SamplingParams(max_tokens=sampling.max_tokens, stop=list(sampling.stop), **given).validate()
     except InvalidSamplingParam as exc:
         raise ValueError(f"sampling.{exc.param}={getattr(sampling, exc.param)!r} is invalid: {exc}") from None
 
@@ -89,3 +90,20 @@ def _value_of(config: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         config = getattr(config, part)
     return config
+
+
+def resolve_sampling(sampling: Any, recommended: dict[str, Any], source: str) -> Any:
+    """``sampling.*`` with its unset values filled: the model file's recommendation, else the built-in
+    default. Logs what the model recommended and was taken."""
+    import dataclasses
+    import logging
+
+    from mistralrs.conf.schema import BUILTIN_SAMPLING
+
+    taken = {name: value for name, value in recommended.items() if getattr(sampling, name, 0) is None}
+    if taken:
+        logging.getLogger(__name__).info("sampling from %s: %s", source,
+                                         ", ".join(f"{k}={v}" for k, v in sorted(taken.items())))
+    filled = {name: taken.get(name, default) for name, default in BUILTIN_SAMPLING.items()
+              if getattr(sampling, name) is None}
+    return dataclasses.replace(sampling, **filled)

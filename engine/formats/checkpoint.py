@@ -48,4 +48,6 @@ class Checkpoint(Protocol):
 
     def tokenizer(self) -> Any: ...  # engine.tokenizer.TextTokenizer
 
+    def recommended_sampling(self) -> dict[str, float | int]: ...  # formats/recommended_sampling.py
+
     def file_tensor_bytes(self) -> int: ...

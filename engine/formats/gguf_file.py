@@ -83,6 +83,12 @@ class GGUFLayoutCheckpoint:
             raise ModelFileError(self.path, f"tokenizer: {exc}") from exc
 
 
+    def recommended_sampling(self) -> dict[str, float | int]:
+        from .recommended_sampling import from_gguf
+
+        return from_gguf(self.metadata, str(self.path))
+
+
 class GGUFCheckpoint(GGUFLayoutCheckpoint):
     format = "gguf"
 

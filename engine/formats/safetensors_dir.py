@@ -80,6 +80,13 @@ class SafetensorsCheckpoint:
     def file_tensor_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.path.glob("*.safetensors"))
 
+    def recommended_sampling(self) -> dict[str, float | int]:
+        from .recommended_sampling import from_generation_config
+
+        if not isinstance(self.generation_config, dict):
+            return {}
+        return from_generation_config(self.generation_config, str(self.path / "generation_config.json"))
+
     def tokenizer(self) -> Any:
         from ..tokenizer.hf_vocab import tokenizer_from_hf_dir
 

@@ -92,7 +92,12 @@ def _exclusive_build(build_dir: Path):
     build killed midway (Ctrl-C, a timeout) would hang every later process. An OS lock is released when
     its holder dies: whoever holds it is the only builder, and any ``lock`` file it finds is stale."""
     with open(build_dir / "build.flock", "w") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # say why nothing happens for minutes
+            print(f"mistralrs: waiting for another process compiling the native kernels in {build_dir} ...",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(guard, fcntl.LOCK_EX)
         try:
             (build_dir / "lock").unlink(missing_ok=True)
             yield
