@@ -166,7 +166,7 @@ def test_interactive_chat_in_a_terminal_ctrl_c_stops_the_reply(tmp_path, tmp_pat
         os.write(leader, data)
 
     try:
-        read_until(b"> ")
+        read_until(b"> ", timeout=600)  # a fresh machine compiles the kernels first
         send(b"/help\n")
         read_until(b"/system <text>")
         read_until(b"> ")
