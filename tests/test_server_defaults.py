@@ -104,3 +104,33 @@ def test_extreme_sampling_values_never_harm_a_live_stream(server):
     thread.join(60)
     assert done == {"tokens": 200, "finish": "length"}
     assert statuses[("temperature", 1e-45)] == 200 and statuses[("top_k", 2**63)] == 400
+
+
+def test_bodies_that_are_not_json_requests_are_refused(server):
+    """text/plain JSON (what a web page can POST cross-site without a preflight) is a 415; JSON nested
+    1,000+ deep, even in a field the server ignores, is a 400, not a 500."""
+    import json
+
+    import httpx
+
+    body = json.dumps({"model": "llama", "prompt": "x", "max_tokens": 1}).encode()
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+        headers = {"content-type": content_type} if content_type else {}
+        r = httpx.post(server.url + "/v1/completions", content=body, headers=headers, timeout=30)
+        assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type", r.text
+    ok = httpx.post(server.url + "/v1/completions", content=body,
+                    headers={"content-type": "application/json; charset=utf-8"}, timeout=30)
+    assert ok.status_code == 200, ok.text
+    deep = b'{"model": "llama", "prompt": "x", "max_tokens": 1, "extra": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    r = httpx.post(server.url + "/v1/completions", content=deep, headers={"content-type": "application/json"},
+                   timeout=30)
+    assert r.status_code == 400 and "nested too deeply" in r.json()["error"]["message"], r.text
+
+
+@pytest.mark.parametrize("key", ["\u0663", "1_0", " 7", "+3", "-1"])
+def test_logit_bias_keys_must_be_ascii_decimal_ids(server, key):
+    import httpx
+
+    r = httpx.post(server.url + "/v1/completions", json={"model": "llama", "prompt": "x", "max_tokens": 1,
+                                                          "logit_bias": {key: 1.0}}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "logit_bias", r.text

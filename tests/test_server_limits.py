@@ -84,7 +84,8 @@ def test_oversized_bodies_are_413(server):
     assert head.startswith("HTTP/1.1 413"), head
     # just under the limit is fine
     ok = json.dumps({"prompt": "x" * 1000, "max_tokens": 1}).encode()
-    assert httpx.post(server.url + "/v1/completions", content=ok, headers=auth()).status_code == 200
+    assert httpx.post(server.url + "/v1/completions", content=ok,
+                      headers={**auth(), "content-type": "application/json"}).status_code == 200
 
 
 def test_full_queue_is_503_with_retry_after(server):

@@ -33,10 +33,10 @@ def base_params(req: SamplingFields, cfg: ServeConfig, defaults: SamplingConfig,
     bias = req.logit_bias or {}
     if len(bias) > cfg.max_logit_bias:
         raise invalid(f"logit_bias may have at most {cfg.max_logit_bias} entries, got {len(bias)}", "logit_bias")
-    try:
-        logit_bias = {int(k): float(v) for k, v in bias.items()}
-    except ValueError:
-        raise invalid("logit_bias keys must be token ids (integers written as strings)", "logit_bias") from None
+    # only ASCII decimal ids: int() would also take "1_0", " 7" and other scripts' digits ("٣")
+    if not all(k.isascii() and k.isdigit() for k in bias):
+        raise invalid("logit_bias keys must be token ids (decimal integers written as strings)", "logit_bias")
+    logit_bias = {int(k): float(v) for k, v in bias.items()}
     n = 1 if req.n is None else req.n
     if n > max_waiting:
         raise invalid(f"n={n} exceeds the server's queue capacity ({max_waiting}, engine.max_waiting)", "n")

@@ -15,7 +15,7 @@ from .errors import APIError, engine_errors, error_json, invalid
 from .logprobs import LogprobFormatter
 from .output import GENERATION_FAILED, collect, json_response, usage
 from .params import base_params, for_prompt
-from .schemas import ChatCompletionRequest, decode_body, refuse_unsupported
+from .schemas import ChatCompletionRequest, refuse_unsupported, request_json
 from .state import ServerState, new_id, server_of
 from .streaming import SSE_DONE, merge, sse, sse_response, start_all, until_disconnect
 
@@ -24,7 +24,7 @@ from .streaming import SSE_DONE, merge, sse, sse_response, start_all, until_disc
 async def chat_completions(request: Request) -> Response:
     server = server_of(request)
     cfg = server.cfg
-    req = decode_body(await request.body(), ChatCompletionRequest)
+    req = await request_json(request, ChatCompletionRequest)
     server.check_model(req.model)
     refuse_unsupported(req)
     if not req.messages:

@@ -21,7 +21,7 @@ from .errors import APIError, engine_errors, error_json, invalid
 from .logprobs import LogprobFormatter
 from .output import GENERATION_FAILED, ChoiceOutput, collect, json_response, usage
 from .params import base_params, for_prompt
-from .schemas import CompletionRequest, decode_body, refuse_unsupported
+from .schemas import CompletionRequest, refuse_unsupported, request_json
 from .state import ServerState, new_id, server_of
 from .streaming import SSE_DONE, merge, sse, sse_response, start_all, until_disconnect
 
@@ -66,7 +66,7 @@ def parse_prompts(prompt: Any, server: ServerState, echo: bool) -> list[Prompt]:
 async def completions(request: Request) -> Response:
     server = server_of(request)
     cfg = server.cfg
-    req = decode_body(await request.body(), CompletionRequest)
+    req = await request_json(request, CompletionRequest)
     server.check_model(req.model)
     refuse_unsupported(req)
     if req.suffix:

@@ -15,14 +15,14 @@ from litestar import Request, Response, post
 from .auth import require_api_key
 from .errors import engine_errors, invalid
 from .output import json_response
-from .schemas import DetokenizeRequest, TokenizeRequest, decode_body
+from .schemas import DetokenizeRequest, TokenizeRequest, request_json
 from .state import server_of
 
 
 @post("/tokenize", guards=[require_api_key], status_code=200)
 async def tokenize(request: Request) -> Response:
     server = server_of(request)
-    req = decode_body(await request.body(), TokenizeRequest)
+    req = await request_json(request, TokenizeRequest)
     server.check_model(req.model)
     if (req.prompt is None) == (req.messages is None):
         raise invalid("give exactly one of prompt (text) or messages (a chat)", "prompt")
@@ -40,7 +40,7 @@ async def tokenize(request: Request) -> Response:
 @post("/detokenize", guards=[require_api_key], status_code=200)
 async def detokenize(request: Request) -> Response:
     server = server_of(request)
-    req = decode_body(await request.body(), DetokenizeRequest)
+    req = await request_json(request, DetokenizeRequest)
     server.check_model(req.model)
     if not all(0 <= t < server.vocab_size for t in req.tokens):
         raise invalid(f"token ids must be in [0, {server.vocab_size})", "tokens")

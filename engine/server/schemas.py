@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import msgspec
 from msgspec import Struct
 
-from .errors import invalid
+from .errors import APIError, invalid
 
 T = TypeVar("T")
 
@@ -109,9 +109,21 @@ def decode_body(body: bytes, type_: type[T]) -> T:
         raise invalid("the request body is empty; expected a JSON object")
     try:
         return msgspec.json.decode(body, type=type_)
+    except RecursionError:  # msgspec recurses per nesting level, even inside fields we ignore
+        raise invalid("the request body is nested too deeply") from None
     except msgspec.ValidationError as exc:
         text = str(exc)
         found = _AT.search(text) or _MISSING.search(text)
         raise invalid(f"invalid request: {text}", found.group(1) if found else None) from None
     except msgspec.DecodeError as exc:
         raise invalid(f"the request body is not valid JSON: {exc}") from None
+
+
+async def request_json(request: Any, type_: type[T]) -> T:
+    """The body of a JSON request as ``type_``. Other content types get a 415: a web page may POST
+    ``text/plain`` to a localhost server without a CORS preflight, and must not get compute for it."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";", 1)[0].strip().lower() != "application/json":
+        raise APIError(415, f"the request body must be JSON sent as Content-Type: application/json "
+                            f"(got {content_type or 'none'!r})", code="unsupported_media_type")
+    return decode_body(await request.body(), type_)
