@@ -3,6 +3,7 @@ async wrapper (async_engine.py) runs it in its own thread."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -20,8 +21,23 @@ from .scheduler import Scheduler
 from .sequence import Sequence, SeqEvent, TokenLogprob
 
 
+def _prompt_logprob_mark(seq: Sequence) -> int | None:
+    return None if seq.prompt_logprobs is None else len(seq.prompt_logprobs)
+
+
+def _rewind_prompt_logprobs(seq: Sequence, mark: int | None) -> None:
+    """Drop prompt logprobs a failed run appended (the retry computes them again)."""
+    if mark is None:
+        seq.prompt_logprobs = None
+    elif seq.prompt_logprobs is not None:
+        del seq.prompt_logprobs[mark:]
+
+
 class ContextLengthExceeded(ValueError):
     pass
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -118,16 +134,46 @@ class LLMEngine:
 
     # -- the step -------------------------------------------------------------------------------
     def step(self) -> int:
+        """One scheduled step. A step that raises is retried one sequence at a time, so a sequence
+        whose request breaks the model or the sampler ends alone (``finish_reason: "error"``) and the
+        others go on decoding."""
         scheduled = self.scheduler.schedule()
         if not scheduled:
             return 0
+        marks = [_prompt_logprob_mark(s.seq) for s in scheduled]
+        try:
+            self._run(scheduled)
+        except Exception:
+            log.exception("engine step over %d sequence(s) failed; running them one at a time", len(scheduled))
+            for s, mark in zip(scheduled, marks):
+                _rewind_prompt_logprobs(s.seq, mark)
+                if len(scheduled) == 1 or not self._run_alone(s):
+                    _rewind_prompt_logprobs(s.seq, mark)
+                    self._fail(s.seq)
+        return len(scheduled)
+
+    def _run(self, scheduled: list) -> None:
         sampled, due = self.runner.run(scheduled)
         for s in scheduled:
             s.seq.num_cached += s.num_new
             self.pool.register_full_blocks(s.seq)
         for s, token, logprob in zip(due, sampled.tokens, sampled.logprobs):
             self._append(s.seq, token, logprob)
-        return len(scheduled)
+
+    def _run_alone(self, s) -> bool:
+        try:
+            self._run([s])
+            return True
+        except Exception as exc:  # this sequence alone fails; the error reaches its client
+            log.error("sequence %d failed and was ended: %s: %s", s.seq.seq_id, type(exc).__name__, exc)
+            return False
+
+    def _fail(self, seq: Sequence) -> None:
+        if seq.is_finished:
+            return
+        seq.finish_reason = "error"
+        self.scheduler.remove(seq)
+        seq.emit(SeqEvent(seq.seq_id, seq.index, None, "", finish_reason="error"))
 
     def _append(self, seq: Sequence, token: int, logprob) -> None:
         seq.output_ids.append(token)

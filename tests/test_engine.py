@@ -129,3 +129,32 @@ def test_prompt_logprobs_cover_every_prompt_token(llm):
     full = llm.logits(ids).log_softmax(-1)
     assert plp[5].logprob == pytest.approx(float(full[4, ids[5]]), abs=1e-5)
     assert events[0].logprob.logprob == pytest.approx(float(full[-1].max()), abs=1e-5)
+
+
+def test_a_sequence_that_breaks_the_step_fails_alone(llm, monkeypatch):
+    """One request whose sampling raises (any cause the validator missed) ends with finish_reason
+    "error"; the others in its batch still get every token, equal to running them alone."""
+    from mistralrs.engine.sampler import Sampler
+
+    engine = make_engine(llm)
+    prompts = [[1, 5, 9, 12], [1, 7, 7], [1, 30, 31, 32, 33]]
+    greedy = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    alone = [run_all(make_engine(llm), [p], greedy)[0] for p in prompts]
+    original = Sampler.__call__
+
+    def breaks_on_seed_13(self, logits, rows):
+        if any(r.params.seed == 13 for r in rows):
+            raise RuntimeError("sampler broke")
+        return original(self, logits, rows)
+
+    monkeypatch.setattr(Sampler, "__call__", breaks_on_seed_13)
+    events: dict[int, list] = {}
+    seqs = []
+    for i, ids in enumerate(prompts):
+        params = dataclasses.replace(greedy, seed=13) if i == 1 else greedy
+        seqs += engine.add_request(ids, params, lambda ev, i=i: events.setdefault(i, []).append(ev))
+    engine.run_until_done(seqs)
+    assert [e.finish_reason for e in events[1]] == ["error"] and seqs[1].finish_reason == "error"
+    for i in (0, 2):
+        assert [e.token for e in events[i]] == alone[i] and events[i][-1].finish_reason == "length"
+    assert engine.pool.stats().free == engine.pool.num_blocks  # the failed sequence's blocks came back
