@@ -190,3 +190,23 @@ def test_interactive_chat_in_a_terminal_ctrl_c_stops_the_reply(tmp_path, tmp_pat
             proc.kill()
         os.close(leader)
     assert b"Traceback" not in seen
+
+
+def test_served_bench_drives_our_server_through_the_openai_client(tiny_dir, tmp_path):
+    """bench.mode=served: our server in a subprocess, 1 and 2 concurrent streams, TTFT and peak RSS,
+    one JSONL row per stream count; a missing llama-server is one clear line."""
+    out = tmp_path / "rows.jsonl"
+    result = run_cli("task=bench", "bench.mode=served", "model=llama", f"model.source={tiny_dir}",
+                     "model.dtype=float32", "bench.streams=[1,2]", "bench.decode_tokens=8", "bench.prompt_tokens=16",
+                     "bench.repeats=1", "bench.warmup=0", f"bench.output={out}", cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["engine"], r["mode"], r["streams"]) for r in rows] == [("mistralrs-py", "served", 1),
+                                                                        ("mistralrs-py", "served", 2)]
+    assert all(r["decode_tok_s"] > 0 and r["ttft_s"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
+    missing = run_cli("task=bench", "bench.mode=served", "model=llama", f"model.source={tiny_dir}",
+                      "bench.streams=[1]", "bench.decode_tokens=4", "bench.prompt_tokens=16", "bench.repeats=1",
+                      "bench.warmup=0",
+                      "bench.peers=[llama-server]", f"bench.llama_cpp_bin={tmp_path / 'nowhere'}", cwd=tmp_path,
+                      timeout=600)
+    assert missing.returncode == 2 and "no llama-server at" in missing.stderr and "Traceback" not in missing.stderr

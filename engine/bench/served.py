@@ -32,7 +32,7 @@ _FILLER = ("The history of computing is a story of abstraction layered on abstra
            "tubes to transistors, integrated circuits and the programs that run on them. ")
 
 
-class ServedBenchError(RuntimeError):
+class ServedBenchError(ValueError):  # the CLI prints it as one line
     pass
 
 
@@ -201,6 +201,16 @@ def job_overrides() -> list[str]:
 
 
 def log_dir_for(output: Path | None) -> Path:
-    path = output.parent if output is not None else Path(os.environ.get("TMPDIR", "/tmp")) / "mistralrs-bench"
+    """Where the servers' logs go: the job's own folder in a sweep (``<sweep>/<job number>``), beside
+    the output file otherwise, else a temporary folder."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        path = Path(HydraConfig.get().runtime.output_dir)
+    elif output is not None:
+        path = output.parent
+    else:
+        path = Path(os.environ.get("TMPDIR", "/tmp")) / "mistralrs-bench"
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -119,6 +119,9 @@ def run_served(cfg: DictConfig) -> dict:
               "threads": threads, "decode_tokens": plan.decode_tokens, "prompt_tokens": plan.prompt_tokens,
               "repeats": plan.repeats, "torch": torch.__version__, "machine": platform.machine(),
               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    # the peer's binary and file first: a missing one fails before minutes of measuring ours
+    peer_binary = served.find_llama_server(b.llama_cpp_bin) if "llama-server" in b.peers else None
+    gguf = resolve_source(str(cfg.model.source), sha256=cfg.model.get("sha256")) if peer_binary else None
     results: dict[str, dict] = {}
     ours = served.start_ours(overrides, cfg.model.name, logs)
     try:
@@ -126,13 +129,11 @@ def run_served(cfg: DictConfig) -> dict:
         results["mistralrs-py"] = served.measure(ours, plan)
     finally:
         ours.stop()
-    if "llama-server" in b.peers:
-        gguf = resolve_source(str(cfg.model.source), sha256=cfg.model.get("sha256"))
+    if peer_binary is not None and gguf is not None:
         if gguf.suffix != ".gguf":
             print("llama-server skipped: it runs GGUF files and this model is not one")
         else:
-            binary = served.find_llama_server(b.llama_cpp_bin)
-            results["llama-server"] = served.measure_llama_server(binary, gguf, threads, plan, logs)
+            results["llama-server"] = served.measure_llama_server(peer_binary, gguf, threads, plan, logs)
     rows = []
     for engine, res in results.items():
         for n, r in res["decode"].items():
