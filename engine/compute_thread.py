@@ -41,6 +41,8 @@ class ComputeThread:
         return threading.current_thread() is self._thread
 
     def _ensure_started(self) -> None:
+        if self._thread.ident is not None:  # the common case, on every hand-over: no lock
+            return
         with self._lock:
             if not self._thread.is_alive() and self._thread.ident is None:
                 self._thread.start()

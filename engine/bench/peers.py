@@ -34,17 +34,23 @@ class PeerJob:
     repeats: int
 
 
+def _run_command(name: str, cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """A peer's process, its failure (not starting, timing out, a non-zero exit) as a PeerError."""
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PeerError(f"{name}: {exc}") from exc
+    if result.returncode != 0:
+        raise PeerError(f"{name} failed ({cmd[0]}): {result.stderr.strip()[-800:]}")
+    return result
+
+
 def run_llama_bench(binary: Path, job: PeerJob, timeout: float = 1800) -> dict:
     """llama.cpp's own ``llama-bench``: pp<prompt> and tg<decode> with the job's threads and repeats
     (its prompt is random tokens of the same length; its medians are means over repeats)."""
     cmd = [str(binary), "-m", job.model, "-t", str(job.threads), "-p", str(len(job.prompt_ids)),
            "-n", str(job.decode_tokens), "-r", str(job.repeats), "-o", "json"]
-    try:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise PeerError(f"llama-bench: {exc}") from exc
-    if result.returncode != 0:
-        raise PeerError(f"llama-bench failed: {result.stderr.strip()[-800:]}")
+    result = _run_command("llama-bench", cmd, timeout)
     try:
         tests = json.loads(result.stdout)
         prefill = next(t["avg_ts"] for t in tests if t["n_prompt"] and not t["n_gen"])
@@ -58,12 +64,7 @@ def run_peer(name: str, python: str | None, job: PeerJob, timeout: float = 1800)
     if name not in SCRIPTS:
         raise PeerError(f"unknown peer {name!r}; known: {', '.join(SCRIPTS)}")
     cmd = [python or sys.executable, str(SCRIPTS[name]), json.dumps(job.__dict__)]
-    try:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise PeerError(f"{name}: {exc}") from exc
-    if result.returncode != 0:
-        raise PeerError(f"{name} failed ({cmd[0]}): {result.stderr.strip()[-800:]}")
+    result = _run_command(name, cmd, timeout)
     try:
         return json.loads(result.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):

@@ -30,23 +30,22 @@ def _accept(name: str, value: Any, where: str) -> float | int | None:
 
 
 def from_gguf(metadata: Mapping[str, Any], where: str) -> dict[str, float | int]:
-    out = {}
-    for name, (key, _, _) in FIELDS.items():
-        if key in metadata:
-            value = _accept(name, metadata[key], where)
-            if value is not None:
-                out[name] = value
-    return out
+    return _pick(metadata, 0, where)
 
 
 def from_generation_config(config: Mapping[str, Any], where: str) -> dict[str, float | int]:
     """HF semantics: ``do_sample: false`` means greedy whatever the other values say."""
     if config.get("do_sample") is False:
         return {"temperature": 0.0}
+    return _pick(config, 1, where)
+
+
+def _pick(source: Mapping[str, Any], key_index: int, where: str) -> dict[str, float | int]:
+    """The valid values among FIELDS' keys (GGUF's at index 0, HF's at 1) present in ``source``."""
     out = {}
-    for name, (_, key, _) in FIELDS.items():
-        if key in config:
-            value = _accept(name, config[key], where)
+    for name, keys in FIELDS.items():
+        if keys[key_index] in source:
+            value = _accept(name, source[keys[key_index]], where)
             if value is not None:
                 out[name] = value
     return out
