@@ -27,8 +27,10 @@ Poller = Callable[[], bool]
 
 class ComputeThread:
     def __init__(self, name: str = "mistralrs-compute"):
-        self._inbox: queue.SimpleQueue[tuple[Callable[[], object], Future]] = queue.SimpleQueue()
-        self._wake = threading.Event()
+        # Callables to run. Waking the thread is a put on this queue too: SimpleQueue.put is one C call,
+        # so a KeyboardInterrupt landing on the handing-over thread cannot leave a lock half-taken (an
+        # Event's lock once leaked that way, and the next hand-over hung; see ``call``).
+        self._inbox: queue.SimpleQueue[Callable[[], object]] = queue.SimpleQueue()
         self._pollers: list[Poller] = []
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -50,36 +52,60 @@ class ComputeThread:
     # -- handing work over ------------------------------------------------------------------------
     def submit(self, fn: Callable[[], T]) -> "Future[T]":
         """Run ``fn`` on the compute thread (between pollers' units of work); its result or exception
-        arrives in the future."""
+        arrives in the future. For threads that never see KeyboardInterrupt (an event loop's)."""
         fut: Future = Future()
+
+        def job() -> None:
+            if fut.set_running_or_notify_cancel():
+                _settle(fut, fn)
+
         if self.on_thread():  # already here: run inline rather than wait on ourselves
-            try:
-                fut.set_result(fn())
-            except BaseException as exc:  # noqa: BLE001 - delivered to the caller
-                fut.set_exception(exc)
-            return fut
-        self._ensure_started()
-        self._inbox.put((fn, fut))
-        self._wake.set()
+            _settle(fut, fn)
+        else:
+            self._put(job)
         return fut
 
     def call(self, fn: Callable[[], T]) -> T:
-        """``submit(fn)`` and wait for its result (re-raising its exception)."""
-        return self.submit(fn).result()
+        """Run ``fn`` on the compute thread, wait for it and return its result (re-raising its
+        exception). Safe to interrupt: the caller only puts on a queue and waits on a bare lock, both
+        single C calls, so Ctrl-C at any moment leaves nothing half-done (``fn`` still runs)."""
+        if self.on_thread():
+            return fn()
+        done = threading.Lock()
+        done.acquire()
+        outcome: list = []
+
+        def job() -> None:
+            try:
+                outcome.append((True, fn()))
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the calling thread
+                outcome.append((False, exc))
+            finally:
+                done.release()
+
+        self._put(job)
+        done.acquire()
+        ok, value = outcome[0]
+        if ok:
+            return value
+        raise value
 
     def wake(self) -> None:
-        self._wake.set()
+        self._put(_nothing)
 
     def add_poller(self, poller: Poller) -> None:
-        self._ensure_started()
         with self._lock:
             self._pollers.append(poller)
-        self._wake.set()
+        self.wake()
 
     def remove_poller(self, poller: Poller) -> None:
         with self._lock:
             if poller in self._pollers:
                 self._pollers.remove(poller)
+
+    def _put(self, job: Callable[[], object]) -> None:
+        self._ensure_started()
+        self._inbox.put(job)
 
     # -- the thread ---------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -91,21 +117,38 @@ class ComputeThread:
                     busy = poller() or busy
                 except Exception:  # a poller handles its own failures; never let one kill the thread
                     log.exception("compute thread: a poller failed")
-            if not busy:
-                self._wake.wait(timeout=0.05)
-                self._wake.clear()
+            if not busy:  # sleep until work is handed over (or a poller's timeout passes)
+                try:
+                    job = self._inbox.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                self._run(job)
 
     def _drain(self) -> None:
         while True:
             try:
-                fn, fut = self._inbox.get_nowait()
+                job = self._inbox.get_nowait()
             except queue.Empty:
                 return
-            if fut.set_running_or_notify_cancel():
-                try:
-                    fut.set_result(fn())
-                except BaseException as exc:  # noqa: BLE001 - delivered to the caller
-                    fut.set_exception(exc)
+            self._run(job)
+
+    @staticmethod
+    def _run(job: Callable[[], object]) -> None:
+        try:
+            job()
+        except Exception:  # jobs deliver their own outcome; this is a bug, not the caller's error
+            log.exception("compute thread: a job failed")
+
+
+def _settle(fut: Future, fn: Callable[[], object]) -> None:
+    try:
+        fut.set_result(fn())
+    except BaseException as exc:  # noqa: BLE001 - delivered to the caller
+        fut.set_exception(exc)
+
+
+def _nothing() -> None:
+    """Queued by ``wake``: its arrival is what wakes the thread."""
 
 
 _COMPUTE = ComputeThread()
