@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .engine.api import LLM
+    from mistralrs.engine.api import LLM
 
 
 def load(*overrides: str, **kwargs: Any) -> "LLM":
     """Load a model from Hydra overrides, e.g. ``load("model=llama", "model.source=/x.gguf")``."""
-    from .engine.api import load as _load
+    from mistralrs.engine.api import load as _load
 
     return _load(*overrides, **kwargs)
 

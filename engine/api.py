@@ -18,13 +18,13 @@ from omegaconf import DictConfig
 
 from mistralrs.conf.schema import Config
 
-from .compute_thread import compute_thread
-from .config import compose_config, resolve_sampling, to_schema
-from .llm_engine import LLMEngine
-from .loader import LoadedModel, load_model, weights_mode
-from .model_runner import full_logits
-from .sampler import SamplingParams
-from .sequence import SeqEvent
+from mistralrs.engine.core.compute_thread import compute_thread
+from mistralrs.engine.config import compose_config, resolve_sampling, to_schema
+from mistralrs.engine.core.llm_engine import LLMEngine
+from mistralrs.engine.loading.loader import LoadedModel, load_model, weights_mode
+from mistralrs.engine.core.model_runner import full_logits
+from mistralrs.engine.core.sampler import SamplingParams
+from mistralrs.engine.core.sequence import SeqEvent
 
 _SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
 
@@ -92,7 +92,7 @@ class LLM:
         return pieces if stream else "".join(pieces)
 
     def chat_prompt_ids(self, messages: list[dict[str, Any]]) -> list[int]:
-        from .tokenizer.chat_template import DEFAULT_CHATML_TEMPLATE, render_chat
+        from mistralrs.engine.tokenizer.chat_template import DEFAULT_CHATML_TEMPLATE, render_chat
 
         tok = self.tokenizer
         text = render_chat(tok.chat_template or DEFAULT_CHATML_TEMPLATE, messages, add_generation_prompt=True,

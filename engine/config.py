@@ -75,7 +75,7 @@ def validate_config(config: Config) -> None:
     from mistralrs.engine.quant.quantize_types import resolve_isq_type
 
     resolve_isq_type(config.quant.type)  # raises naming the type and the known ones
-    from mistralrs.engine.sampler import InvalidSamplingParam, SamplingParams
+    from mistralrs.engine.core.sampler import InvalidSamplingParam, SamplingParams
 
     sampling: SamplingConfig = config.sampling
     given = {name: getattr(sampling, name) for name in ("temperature", "top_k", "top_p", "min_p")

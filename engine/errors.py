@@ -6,7 +6,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from mistralrs.registry import RegistryError
 
-from .formats.errors import ModelFileError
+from mistralrs.engine.formats.errors import ModelFileError
 
 
 def user_facing(exc: BaseException) -> str | None:

@@ -11,9 +11,9 @@ from typing import Any, Generic, Iterator, TypeVar
 
 import pluggy
 
-from . import hookspecs
-from .errors import DuplicateRegistration, PluginLoadError, UnknownName
-from .specs import AdapterSpec, ArchitectureSpec, FormatSpec, QuantTypeSpec, Registered
+from mistralrs.registry import hookspecs
+from mistralrs.registry.errors import DuplicateRegistration, PluginLoadError, UnknownName
+from mistralrs.registry.specs import AdapterSpec, ArchitectureSpec, FormatSpec, QuantTypeSpec, Registered
 
 log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "mistralrs"

@@ -24,14 +24,14 @@ GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a681
 
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
-    from mistralrs.engine.pypi_models import resolve_pypi_model
+    from mistralrs.engine.loading.pypi_models import resolve_pypi_model
 
     return resolve_pypi_model(SMOLLM2_SOURCE)
 
 
 @pytest.fixture(scope="session")
 def gemma3_gguf() -> Path:
-    from mistralrs.engine.pypi_models import resolve_pypi_model
+    from mistralrs.engine.loading.pypi_models import resolve_pypi_model
 
     return resolve_pypi_model(GEMMA3_SOURCE, sha256=GEMMA3_SHA256)
 
@@ -52,8 +52,8 @@ def decode_path_logits(llm, ids: list[int], kv_dtype=None):
     has the engine's dtype (engine.kv_cache_dtype) unless ``kv_dtype`` says otherwise."""
     import torch
 
-    from mistralrs.engine.batch import paged_batch
-    from mistralrs.engine.kv_cache import KVCache
+    from mistralrs.engine.core.batch import paged_batch
+    from mistralrs.engine.core.kv_cache import KVCache
 
     model, device, block = llm.loaded.model, llm.loaded.device, 16
     table = list(range(-(-len(ids) // block)))

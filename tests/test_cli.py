@@ -145,7 +145,7 @@ def test_interactive_chat_in_a_terminal_ctrl_c_stops_the_reply(tmp_path, tmp_pat
     model = tmp_path_factory.mktemp("chat-pty") / "llama"
     make_tiny_llama(model, max_position_embeddings=2048)
     leader, follower = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "mistralrs.engine.cli", "task=chat", "model=llama",
+    proc = subprocess.Popen([sys.executable, "-m", "mistralrs.engine.cli.main", "task=chat", "model=llama",
                              f"model.source={model}", "sampling.max_tokens=2000", "sampling.ignore_eos=true",
                              "engine.threads=1"], stdin=follower, stdout=follower, stderr=follower, cwd=tmp_path,
                             env=dict(os.environ, HF_HUB_OFFLINE="1"), preexec_fn=_own_terminal)

@@ -9,8 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import mistralrs
-from mistralrs.engine import api, llm_engine
-from mistralrs.engine.compute_thread import ComputeThread, compute_thread
+from mistralrs.engine import api
+from mistralrs.engine.core import llm_engine
+from mistralrs.engine.core.compute_thread import ComputeThread, compute_thread
 
 pytest.importorskip("transformers")
 
@@ -104,7 +105,7 @@ def test_ctrl_c_at_any_moment_of_a_hand_over_leaves_the_thread_usable(tmp_path):
 
     script = textwrap.dedent("""
         import os, signal, threading, time
-        from mistralrs.engine.compute_thread import ComputeThread
+        from mistralrs.engine.core.compute_thread import ComputeThread
 
         worker = ComputeThread(name="interrupted")
         stop = threading.Event()

@@ -76,7 +76,7 @@ def test_stack_stands_aside_where_it_does_not_apply(tiny_llama):
 
 def test_a_subclass_computing_otherwise_is_not_fused(tiny_llama):
     """A third-party layer that overrides forward must keep its own computation."""
-    from mistralrs.plugins.llama.model import LlamaDecoderLayer
+    from mistralrs.engine.llama_base.model import LlamaDecoderLayer
 
     llm = load("llama", tiny_llama, "quant=q8_0")
     layer = llm.loaded.model.model.layers[0]

@@ -8,9 +8,9 @@ import dataclasses
 import pytest
 
 import mistralrs
-from mistralrs.engine.llm_engine import ContextLengthExceeded, LLMEngine
-from mistralrs.engine.sampler import SamplingParams
-from mistralrs.engine.scheduler import QueueFull
+from mistralrs.engine.core.llm_engine import ContextLengthExceeded, LLMEngine
+from mistralrs.engine.core.sampler import SamplingParams
+from mistralrs.engine.core.scheduler import QueueFull
 
 pytest.importorskip("transformers")
 
@@ -134,7 +134,7 @@ def test_prompt_logprobs_cover_every_prompt_token(llm):
 def test_a_sequence_that_breaks_the_step_fails_alone(llm, monkeypatch):
     """One request whose sampling raises (any cause the validator missed) ends with finish_reason
     "error"; the others in its batch still get every token, equal to running them alone."""
-    from mistralrs.engine.sampler import Sampler
+    from mistralrs.engine.core.sampler import Sampler
 
     engine = make_engine(llm)
     prompts = [[1, 5, 9, 12], [1, 7, 7], [1, 30, 31, 32, 33]]

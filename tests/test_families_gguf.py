@@ -12,7 +12,7 @@ import torch
 
 import mistralrs
 from mistralrs.conf.schema import ModelConfig
-from mistralrs.engine.loader import open_checkpoint
+from mistralrs.engine.loading.loader import open_checkpoint
 from mistralrs.registry import registries
 from tiny_models import engine_greedy
 

@@ -105,7 +105,7 @@ def test_fast_paths_are_as_close_to_float_reference_as_llamacpp(fast, float_ref,
 def test_each_kv_cache_dtype_keeps_decode_as_close_as_llamacpp(fast, float_ref, llamacpp_ref, kv_dtype):
     """engine.kv_cache_dtype: keys and values stored in that dtype, read by the decode kernels; each
     stays within DESIGN.md's bar (llama.cpp's argmax agreement and last-position error)."""
-    from mistralrs.engine.kv_cache import KV_CACHE_DTYPES
+    from mistralrs.engine.core.kv_cache import KV_CACHE_DTYPES
 
     last = dict(np.load(REFERENCE / f"{STEM}.last_logits.npz"))
     assert_as_close_as_llamacpp(lambda ids: decode_path_logits(fast, ids, KV_CACHE_DTYPES[kv_dtype]), float_ref,

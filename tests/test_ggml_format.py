@@ -26,7 +26,7 @@ from ggml_writer import (ALL_VERSIONS, FILE_TYPE, TYPE_ID, Hparams, Tensor, rand
 from mistralrs.conf.schema import ModelConfig
 from mistralrs.engine.formats.checkpoint import ModelFileError
 from mistralrs.engine.formats.ggml_file import gguf_name, open_ggml
-from mistralrs.engine.loader import open_checkpoint
+from mistralrs.engine.loading.loader import open_checkpoint
 from mistralrs.registry import registries
 
 TESTS = Path(__file__).parent

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mistralrs.engine.sampler import InvalidSamplingParam, Sampler, SampleRow, SamplingParams, make_generator
-from mistralrs.engine.stop_strings import StopStringFilter
+from mistralrs.engine.core.sampler import InvalidSamplingParam, Sampler, SampleRow, SamplingParams, make_generator
+from mistralrs.engine.core.stop_strings import StopStringFilter
 
 
 def draw(logits, params, seed=0, n=200):

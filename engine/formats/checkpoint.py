@@ -8,7 +8,7 @@ from typing import Any, Iterator, Protocol
 
 import torch
 
-from .errors import ModelFileError
+from mistralrs.engine.formats.errors import ModelFileError
 
 __all__ = ["ArchitectureHint", "Checkpoint", "ModelFileError", "RawTensor"]
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import ArchitectureHint, ModelFileError
-from .ggml_parse import MAGICS, GGMLFormatError, GGMLHeader, parse_ggml
-from .gguf_file import GGUFLayoutCheckpoint
+from mistralrs.engine.formats.checkpoint import ArchitectureHint, ModelFileError
+from mistralrs.engine.formats.ggml_parse import MAGICS, GGMLFormatError, GGMLHeader, parse_ggml
+from mistralrs.engine.formats.gguf_file import GGUFLayoutCheckpoint
 
 DEFAULT_CONTEXT = 2048  # llama 1's; the converter's default too
 DEFAULT_RMS_NORM_EPS = 5e-6  # the converter's default (llama 1 used 1e-6, llama 2 1e-5)

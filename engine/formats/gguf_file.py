@@ -10,8 +10,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from .checkpoint import ArchitectureHint, ModelFileError, RawTensor
-from .gguf_parse import MAGIC, GGUFFormatError, parse_gguf
+from mistralrs.engine.formats.checkpoint import ArchitectureHint, ModelFileError, RawTensor
+from mistralrs.engine.formats.gguf_parse import MAGIC, GGUFFormatError, parse_gguf
 
 LEGACY_MAGICS = {b"lmgg": "ggml (unversioned)", b"fmgg": "ggmf", b"tjgg": "ggjt"}
 _TYPED = {"F32": np.float32, "F16": np.float16}
@@ -75,7 +75,7 @@ class GGUFLayoutCheckpoint:
                 self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
 
     def tokenizer(self) -> Any:
-        from ..tokenizer.gguf_vocab import tokenizer_from_gguf
+        from mistralrs.engine.tokenizer.gguf_vocab import tokenizer_from_gguf
 
         try:
             return tokenizer_from_gguf(self.metadata)
@@ -84,7 +84,7 @@ class GGUFLayoutCheckpoint:
 
 
     def recommended_sampling(self) -> dict[str, float | int]:
-        from .recommended_sampling import from_gguf
+        from mistralrs.engine.formats.recommended_sampling import from_gguf
 
         return from_gguf(self.metadata, str(self.path))
 

@@ -8,7 +8,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .checkpoint import ArchitectureHint, ModelFileError, RawTensor
+from mistralrs.engine.formats.checkpoint import ArchitectureHint, ModelFileError, RawTensor
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
@@ -81,14 +81,14 @@ class SafetensorsCheckpoint:
         return sum(f.stat().st_size for f in self.path.glob("*.safetensors"))
 
     def recommended_sampling(self) -> dict[str, float | int]:
-        from .recommended_sampling import from_generation_config
+        from mistralrs.engine.formats.recommended_sampling import from_generation_config
 
         if not isinstance(self.generation_config, dict):
             return {}
         return from_generation_config(self.generation_config, str(self.path / "generation_config.json"))
 
     def tokenizer(self) -> Any:
-        from ..tokenizer.hf_vocab import tokenizer_from_hf_dir
+        from mistralrs.engine.tokenizer.hf_vocab import tokenizer_from_hf_dir
 
         try:
             return tokenizer_from_hf_dir(self.path)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .checkpoint import RawTensor
+from mistralrs.engine.formats.checkpoint import RawTensor
 
 
 def permute_rows(raw: RawTensor, order: torch.Tensor) -> RawTensor:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..batch import AttentionBatch
-from ..kernels import fast_ops
-from ..kv_cache import KVCache
+from mistralrs.engine.core.batch import AttentionBatch
+from mistralrs.engine.kernels import fast_ops
+from mistralrs.engine.core.kv_cache import KVCache
 
 NATIVE_CACHE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..kernels import native_ops
-from .attention import NATIVE_CACHE_DTYPES
-from .linear import Linear, LinearGroup
-from .norms import RMSNorm
+from mistralrs.engine.kernels import native_ops
+from mistralrs.engine.layers.attention import NATIVE_CACHE_DTYPES
+from mistralrs.engine.layers.linear import Linear, LinearGroup
+from mistralrs.engine.layers.norms import RMSNorm
 
 ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}
 # Adapter factors as the native stack streams them over quantized weights, each step (bfloat16: half
@@ -55,7 +55,7 @@ DENSE = -1  # decode_stack.cpp's type code for a float32 weight
 
 def _weight(layer: nn.Module):
     """(tensor, type code, rows) of a layer's weight as the native stack takes it, or None."""
-    from ..quant.weights import DenseWeight, RepackedWeight
+    from mistralrs.engine.quant.weights import DenseWeight, RepackedWeight
 
     if type(layer) is not Linear or layer.bias is not None:
         return None

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..kernels import fast_ops
+from mistralrs.engine.kernels import fast_ops
 
 NATIVE_ROWS = 16  # up to this many tokens (decode) one native call; prefill keeps BLAS matmuls
 

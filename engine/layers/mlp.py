@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .linear import Linear, LinearGroup
+from mistralrs.engine.layers.linear import Linear, LinearGroup
 
 ACTIVATIONS = {
     "silu": F.silu,

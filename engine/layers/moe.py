@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .linear import Linear
-from .mlp import GatedMLP
+from mistralrs.engine.layers.linear import Linear
+from mistralrs.engine.layers.mlp import GatedMLP
 
 
 class SparseMoE(nn.Module):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels import fast_ops
+from mistralrs.engine.kernels import fast_ops
 
 
 class RMSNorm(nn.Module):

@@ -66,7 +66,7 @@ class RotaryEmbedding:
 
 def apply_rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """``apply_rope`` in place (one native call on CPU float32); returns x."""
-    from ..kernels import fast_ops
+    from mistralrs.engine.kernels import fast_ops
 
     ops = fast_ops(x, cos)
     if ops is not None and x.stride(-1) == 1:

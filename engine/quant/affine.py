@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .dequant import BLOCK_GEOMETRY, _bits, _bits_of_words, _f16_fields, _k_scale_min, _nibbles
+from mistralrs.engine.quant.dequant import BLOCK_GEOMETRY, _bits, _bits_of_words, _f16_fields, _k_scale_min, _nibbles
 
 GROUP = 32
 AFFINE_TYPES = {"Q4_0": 4, "Q4_1": 4, "Q5_0": 5, "Q5_1": 5, "Q8_0": 8, "Q4_K": 4, "Q5_K": 5}  # -> code bits

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .affine import GROUP, AffineGroups
+from mistralrs.engine.quant.affine import GROUP, AffineGroups
 
 _ROW_CHUNK = 4096  # rows packed at a time (a multiple of the kernel's 32-row blocks)
 

@@ -27,11 +27,11 @@ from typing import Any
 
 import torch
 
-from ..formats.checkpoint import RawTensor
-from .dequant import dequantize
-from .quantize import quantize, single_threaded
-from .quantize_types import BLOCK_SIZE, isq_target_type, resolve_isq_type
-from .weights import FLOAT_TYPES
+from mistralrs.engine.formats.checkpoint import RawTensor
+from mistralrs.engine.quant.dequant import dequantize
+from mistralrs.engine.quant.quantize import quantize, single_threaded
+from mistralrs.engine.quant.quantize_types import BLOCK_SIZE, isq_target_type, resolve_isq_type
+from mistralrs.engine.quant.weights import FLOAT_TYPES
 
 log = logging.getLogger(__name__)
 HEAD_NAMES = ("lm_head", "output", "embed_out")  # module names of output heads
@@ -40,8 +40,8 @@ HEAD_NAMES = ("lm_head", "output", "embed_out")  # module names of output heads
 def weight_role(model: torch.nn.Module, target: str, tied: dict[str, str]) -> str:
     """What a parameter is, for ISQ: ``linear``, ``embedding`` (token embeddings, output head, or
     either of a tied pair), ``router`` (an MoE gate) or ``other`` (norms, biases, ...)."""
-    from ..layers.linear import Embedding, Linear
-    from ..layers.moe import SparseMoE
+    from mistralrs.engine.layers.linear import Embedding, Linear
+    from mistralrs.engine.layers.moe import SparseMoE
 
     owner_name, _, attr = target.rpartition(".")
     owner = model.get_submodule(owner_name) if owner_name else model

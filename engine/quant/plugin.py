@@ -40,7 +40,7 @@ def register_configs(config_store):
     widths ``quant=2|3|4|5|6|8`` (the K-type of that width, 8 -> q8_0, as mistral.rs's ``--isq``)."""
     from mistralrs.conf.schema import QuantConfig
 
-    from .quantize_types import ISQ_BY_BITS, ISQ_TYPES
+    from mistralrs.engine.quant.quantize_types import ISQ_BY_BITS, ISQ_TYPES
 
     for name in ISQ_TYPES:
         config_store.store(group="quant", name=name.lower(), node=QuantConfig(type=name.lower()))

@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from .dequant import BLOCK_GEOMETRY
+from mistralrs.engine.quant.dequant import BLOCK_GEOMETRY
 
 __all__ = ["QUANTIZERS", "quantize", "single_threaded"]
 
@@ -134,7 +134,7 @@ def _q8_0(x: torch.Tensor) -> torch.Tensor:
 
 def _k_quantizer(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     def run(x: torch.Tensor) -> torch.Tensor:
-        from . import quantize_k
+        from mistralrs.engine.quant import quantize_k
 
         return getattr(quantize_k, name)(x)
 

@@ -18,11 +18,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..formats.checkpoint import RawTensor
-from .affine import AFFINE_TYPES, affine_groups
-from .dequant import BLOCK_GEOMETRY, dequantize
-from .int4_planes import Int4PlanesWeight, row_decode_supported
-from ..kernels import NATIVE_TYPES, native_ops
+from mistralrs.engine.formats.checkpoint import RawTensor
+from mistralrs.engine.quant.affine import AFFINE_TYPES, affine_groups
+from mistralrs.engine.quant.dequant import BLOCK_GEOMETRY, dequantize
+from mistralrs.engine.quant.int4_planes import Int4PlanesWeight, row_decode_supported
+from mistralrs.engine.kernels import NATIVE_TYPES, native_ops
 
 NATIVE_MAX_ROWS = 16  # activations rows up to which the C++ kernel beats dequantize + BLAS
 

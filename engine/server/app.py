@@ -11,14 +11,14 @@ from litestar.types import Message, Scope
 from omegaconf import DictConfig, OmegaConf
 
 from mistralrs.conf.schema import ServeConfig
-from mistralrs.engine.async_engine import AsyncEngine
+from mistralrs.engine.core.async_engine import AsyncEngine
 
-from .errors import handle_exception
-from .routes_chat import chat_completions
-from .routes_completions import completions
-from .routes_ops import health, list_models, metrics, retrieve_model
-from .routes_tokenize import detokenize, tokenize
-from .state import ServerState
+from mistralrs.engine.server.errors import handle_exception
+from mistralrs.engine.server.routes_chat import chat_completions
+from mistralrs.engine.server.routes_completions import completions
+from mistralrs.engine.server.routes_ops import health, list_models, metrics, retrieve_model
+from mistralrs.engine.server.routes_tokenize import detokenize, tokenize
+from mistralrs.engine.server.state import ServerState
 
 ROUTES = [chat_completions, completions, list_models, retrieve_model, tokenize, detokenize, health, metrics]
 

@@ -8,7 +8,7 @@ import hmac
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 
-from .errors import APIError
+from mistralrs.engine.server.errors import APIError
 
 
 def require_api_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:

@@ -15,10 +15,10 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
 
-from mistralrs.engine.async_engine import EngineClosed
-from mistralrs.engine.llm_engine import ContextLengthExceeded
-from mistralrs.engine.sampler import InvalidSamplingParam
-from mistralrs.engine.scheduler import QueueFull
+from mistralrs.engine.core.async_engine import EngineClosed
+from mistralrs.engine.core.llm_engine import ContextLengthExceeded
+from mistralrs.engine.core.sampler import InvalidSamplingParam
+from mistralrs.engine.core.scheduler import QueueFull
 from mistralrs.engine.tokenizer.chat_template import ChatTemplateError
 
 log = logging.getLogger(__name__)

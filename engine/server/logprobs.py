@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from mistralrs.engine.sequence import TokenLogprob
+from mistralrs.engine.core.sequence import TokenLogprob
 
 
 class LogprobFormatter:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from mistralrs.engine.llm_engine import EngineStats
+from mistralrs.engine.core.llm_engine import EngineStats
 
 PREFIX = "mistralrs"
 

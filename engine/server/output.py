@@ -8,9 +8,9 @@ from typing import Any, AsyncIterator
 import msgspec
 from litestar import Response
 
-from mistralrs.engine.sequence import SeqEvent, TokenLogprob
+from mistralrs.engine.core.sequence import SeqEvent, TokenLogprob
 
-from .errors import APIError
+from mistralrs.engine.server.errors import APIError
 
 GENERATION_FAILED = "generation failed inside the engine (see the server log)"
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import dataclasses
 
 from mistralrs.conf.schema import SamplingConfig, ServeConfig
-from mistralrs.engine.sampler import SamplingParams
+from mistralrs.engine.core.sampler import SamplingParams
 
-from .errors import invalid
-from .schemas import SamplingFields
+from mistralrs.engine.server.errors import invalid
+from mistralrs.engine.server.schemas import SamplingFields
 
 SEED_LIMIT = 2**63 - 1024  # torch generators take 64-bit seeds; choice i uses seed + i
 

@@ -8,16 +8,16 @@ from typing import AsyncIterator
 
 from litestar import Request, Response, post
 
-from mistralrs.engine.sequence import SeqEvent
+from mistralrs.engine.core.sequence import SeqEvent
 
-from .auth import require_api_key
-from .errors import APIError, engine_errors, error_json, invalid
-from .logprobs import LogprobFormatter
-from .output import GENERATION_FAILED, collect, json_response, usage
-from .params import base_params, for_prompt
-from .schemas import ChatCompletionRequest, refuse_unsupported, request_json
-from .state import ServerState, new_id, server_of
-from .streaming import SSE_DONE, merge, sse, sse_response, start_all, until_disconnect
+from mistralrs.engine.server.auth import require_api_key
+from mistralrs.engine.server.errors import APIError, engine_errors, error_json, invalid
+from mistralrs.engine.server.logprobs import LogprobFormatter
+from mistralrs.engine.server.output import GENERATION_FAILED, collect, json_response, usage
+from mistralrs.engine.server.params import base_params, for_prompt
+from mistralrs.engine.server.schemas import ChatCompletionRequest, refuse_unsupported, request_json
+from mistralrs.engine.server.state import ServerState, new_id, server_of
+from mistralrs.engine.server.streaming import SSE_DONE, merge, sse, sse_response, start_all, until_disconnect
 
 
 @post("/v1/chat/completions", guards=[require_api_key], status_code=200)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from litestar import Request, Response, get
 
-from .auth import require_api_key
-from .metrics import render
-from .output import json_response
-from .state import ServerState, server_of
+from mistralrs.engine.server.auth import require_api_key
+from mistralrs.engine.server.metrics import render
+from mistralrs.engine.server.output import json_response
+from mistralrs.engine.server.state import ServerState, server_of
 
 
 def _model_card(server: ServerState) -> dict:

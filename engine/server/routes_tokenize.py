@@ -12,11 +12,11 @@ import asyncio
 
 from litestar import Request, Response, post
 
-from .auth import require_api_key
-from .errors import engine_errors, invalid
-from .output import json_response
-from .schemas import DetokenizeRequest, TokenizeRequest, request_json
-from .state import server_of
+from mistralrs.engine.server.auth import require_api_key
+from mistralrs.engine.server.errors import engine_errors, invalid
+from mistralrs.engine.server.output import json_response
+from mistralrs.engine.server.schemas import DetokenizeRequest, TokenizeRequest, request_json
+from mistralrs.engine.server.state import server_of
 
 
 @post("/tokenize", guards=[require_api_key], status_code=200)

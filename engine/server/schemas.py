@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import msgspec
 from msgspec import Struct
 
-from .errors import APIError, invalid
+from mistralrs.engine.server.errors import APIError, invalid
 
 T = TypeVar("T")
 

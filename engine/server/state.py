@@ -10,10 +10,10 @@ from typing import Any
 from litestar import Request
 
 from mistralrs.conf.schema import SamplingConfig, ServeConfig
-from mistralrs.engine.async_engine import AsyncEngine
+from mistralrs.engine.core.async_engine import AsyncEngine
 
-from .errors import APIError
-from .metrics import RequestMetrics
+from mistralrs.engine.server.errors import APIError
+from mistralrs.engine.server.metrics import RequestMetrics
 
 
 @dataclass

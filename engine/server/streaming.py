@@ -16,9 +16,9 @@ from litestar import Request
 from litestar.background_tasks import BackgroundTask
 from litestar.response import Stream
 
-from mistralrs.engine.sequence import SeqEvent
+from mistralrs.engine.core.sequence import SeqEvent
 
-from .errors import ClientDisconnected
+from mistralrs.engine.server.errors import ClientDisconnected
 
 T = TypeVar("T")
 Events = AsyncIterator[SeqEvent]

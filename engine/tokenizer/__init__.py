@@ -1,10 +1,10 @@
 """Tokenizers with llama.cpp's exact behaviour, chat templates and streaming detokenization."""
 
-from .chat_template import DEFAULT_CHATML_TEMPLATE, ChatTemplateError, render_chat
-from .detokenizer import IncrementalDetokenizer
-from .gguf_vocab import tokenizer_from_gguf
-from .hf_vocab import tokenizer_from_hf_dir
-from .text_tokenizer import TextTokenizer, TokenizerError
+from mistralrs.engine.tokenizer.chat_template import DEFAULT_CHATML_TEMPLATE, ChatTemplateError, render_chat
+from mistralrs.engine.tokenizer.detokenizer import IncrementalDetokenizer
+from mistralrs.engine.tokenizer.gguf_vocab import tokenizer_from_gguf
+from mistralrs.engine.tokenizer.hf_vocab import tokenizer_from_hf_dir
+from mistralrs.engine.tokenizer.text_tokenizer import TextTokenizer, TokenizerError
 
 __all__ = [
     "DEFAULT_CHATML_TEMPLATE",

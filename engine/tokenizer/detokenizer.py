@@ -10,7 +10,7 @@ from __future__ import annotations
 import codecs
 from collections.abc import Sequence
 
-from .text_tokenizer import TextTokenizer
+from mistralrs.engine.tokenizer.text_tokenizer import TextTokenizer
 
 __all__ = ["IncrementalDetokenizer"]
 

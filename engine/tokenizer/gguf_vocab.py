@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers
 
-from .text_tokenizer import (
+from mistralrs.engine.tokenizer.text_tokenizer import (
     ATTR_BYTE,
     ATTR_CONTROL,
     ATTR_NORMAL,
@@ -280,7 +280,7 @@ def _bpe_pre_tokenizer(pre: str | None) -> tuple[Any, bool, bool, str]:
 def tokenizer_from_gguf(metadata: Mapping[str, Any] | str | os.PathLike) -> TextTokenizer:
     """A :class:`TextTokenizer` from GGUF metadata (a ``read_gguf_metadata`` dict, or a path)."""
     if isinstance(metadata, (str, os.PathLike)):
-        from ..formats.gguf_parse import read_gguf_metadata
+        from mistralrs.engine.formats.gguf_parse import read_gguf_metadata
 
         metadata = read_gguf_metadata(metadata)
     md = metadata

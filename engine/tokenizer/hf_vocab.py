@@ -16,8 +16,8 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from .gguf_vocab import EOG_TEXTS
-from .text_tokenizer import (
+from mistralrs.engine.tokenizer.gguf_vocab import EOG_TEXTS
+from mistralrs.engine.tokenizer.text_tokenizer import (
     ATTR_BYTE,
     ATTR_CONTROL,
     ATTR_NORMAL,

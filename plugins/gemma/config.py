@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from mistralrs.engine.layers.rope import RopeConfig
-from mistralrs.plugins.llama.config import (
+from mistralrs.engine.llama_base.config import (
     ConfigError,
     LlamaConfig,
     gguf_rope,

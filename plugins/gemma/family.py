@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from mistralrs.plugins.llama.family import LlamaFamily
+from mistralrs.engine.llama_base.family import LlamaFamily
 
-from .chat_template import GEMMA_CHAT_TEMPLATE
-from .config import (
+from mistralrs.plugins.gemma.chat_template import GEMMA_CHAT_TEMPLATE
+from mistralrs.plugins.gemma.config import (
     Gemma3Config,
     GemmaConfig,
     gemma3_config_from_gguf,
@@ -15,8 +15,8 @@ from .config import (
     gemma_config_from_gguf,
     gemma_config_from_hf,
 )
-from .model import Gemma3ForCausalLM, GemmaForCausalLM
-from .weights import GGUF_GEMMA3_BLOCK_NAMES, GGUF_GEMMA_BLOCK_NAMES
+from mistralrs.plugins.gemma.model import Gemma3ForCausalLM, GemmaForCausalLM
+from mistralrs.plugins.gemma.weights import GGUF_GEMMA3_BLOCK_NAMES, GGUF_GEMMA_BLOCK_NAMES
 
 
 class GemmaFamily(LlamaFamily):

@@ -15,9 +15,9 @@ import torch
 
 from mistralrs.engine.layers.norms import RMSNorm
 from mistralrs.engine.layers.rope import RotaryEmbedding
-from mistralrs.plugins.llama.model import LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM
+from mistralrs.engine.llama_base.model import LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM
 
-from .config import Gemma3Config, GemmaConfig
+from mistralrs.plugins.gemma.config import Gemma3Config, GemmaConfig
 
 
 class GemmaForCausalLM(LlamaForCausalLM):

@@ -6,7 +6,7 @@ to un-permute.
 
 from __future__ import annotations
 
-from mistralrs.plugins.llama.weights import GGUF_BLOCK_NAMES
+from mistralrs.engine.llama_base.weights import GGUF_BLOCK_NAMES
 
 GGUF_GEMMA_BLOCK_NAMES = GGUF_BLOCK_NAMES
 GGUF_GEMMA3_BLOCK_NAMES = {

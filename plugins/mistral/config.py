@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from mistralrs.plugins.llama.config import LlamaConfig, llama_fields_from_gguf, llama_fields_from_hf, parse_hf
+from mistralrs.engine.llama_base.config import LlamaConfig, llama_fields_from_gguf, llama_fields_from_hf, parse_hf
 
 
 @dataclass

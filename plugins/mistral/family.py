@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from mistralrs.plugins.llama.family import LlamaFamily
+from mistralrs.engine.llama_base.family import LlamaFamily
 
-from .config import MistralConfig, mistral_config_from_gguf, mistral_config_from_hf
-from .model import MistralForCausalLM
+from mistralrs.plugins.mistral.config import MistralConfig, mistral_config_from_gguf, mistral_config_from_hf
+from mistralrs.plugins.mistral.model import MistralForCausalLM
 
 
 class MistralFamily(LlamaFamily):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from mistralrs.plugins.llama.model import LlamaForCausalLM
+from mistralrs.engine.llama_base.model import LlamaForCausalLM
 
-from .config import MistralConfig
+from mistralrs.plugins.mistral.config import MistralConfig
 
 
 class MistralForCausalLM(LlamaForCausalLM):

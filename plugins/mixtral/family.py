@@ -7,9 +7,9 @@ from typing import Any, Iterator
 from mistralrs.engine.formats.checkpoint import RawTensor
 from mistralrs.plugins.mistral.family import MistralFamily
 
-from .config import MixtralConfig, mixtral_config_from_gguf, mixtral_config_from_hf
-from .model import MixtralForCausalLM
-from .weights import mixtral_gguf_weights, mixtral_hf_weights
+from mistralrs.plugins.mixtral.config import MixtralConfig, mixtral_config_from_gguf, mixtral_config_from_hf
+from mistralrs.plugins.mixtral.model import MixtralForCausalLM
+from mistralrs.plugins.mixtral.weights import mixtral_gguf_weights, mixtral_hf_weights
 
 
 class MixtralFamily(MistralFamily):

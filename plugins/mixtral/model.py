@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from mistralrs.engine.layers.moe import SparseMoE
-from mistralrs.plugins.llama.model import LlamaDecoderLayer
+from mistralrs.engine.llama_base.model import LlamaDecoderLayer
 from mistralrs.plugins.mistral.model import MistralForCausalLM
 
-from .config import MixtralConfig
+from mistralrs.plugins.mixtral.config import MixtralConfig
 
 
 class MixtralDecoderLayer(LlamaDecoderLayer):

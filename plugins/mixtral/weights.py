@@ -17,9 +17,9 @@ import re
 from typing import Any, Iterator
 
 from mistralrs.engine.formats.checkpoint import RawTensor
-from mistralrs.plugins.llama.weights import GGUF_BLOCK_NAMES, gguf_weights, hf_weights
+from mistralrs.engine.llama_base.weights import GGUF_BLOCK_NAMES, gguf_weights, hf_weights
 
-from .config import MixtralConfig
+from mistralrs.plugins.mixtral.config import MixtralConfig
 
 GGUF_MIXTRAL_BLOCK_NAMES = {**GGUF_BLOCK_NAMES, "ffn_gate_inp": "mlp.gate"}
 _GGUF_MERGED = re.compile(r"^blk\.(\d+)\.ffn_(gate|up|down)_exps\.weight$")

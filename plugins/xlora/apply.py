@@ -9,13 +9,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .classifier import XLoraClassifier
-from .lora_files import AdapterError, LoraAdapter, read_lora_adapter
-from .lora_linear import (AdapterTerm, LoraLinear, check_shapes, merge_into, reset_linear_groups, routed_ancestor,
+from mistralrs.plugins.xlora.classifier import XLoraClassifier
+from mistralrs.plugins.xlora.lora_files import AdapterError, LoraAdapter, read_lora_adapter
+from mistralrs.plugins.xlora.lora_linear import (AdapterTerm, LoraLinear, check_shapes, merge_into, reset_linear_groups, routed_ancestor,
                           target_linear, wrap_linear)
-from .mixer import ScalingMixer
-from .xlora_files import XLoraFiles, read_xlora
-from .xlora_model import XLoraModel
+from mistralrs.plugins.xlora.mixer import ScalingMixer
+from mistralrs.plugins.xlora.xlora_files import XLoraFiles, read_xlora
+from mistralrs.plugins.xlora.xlora_model import XLoraModel
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .xlora_config import XLoraConfig
+from mistralrs.plugins.xlora.xlora_config import XLoraConfig
 
 
 class XLoraClassifier(nn.Module):

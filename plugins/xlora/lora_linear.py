@@ -21,7 +21,7 @@ from mistralrs.engine.layers.decode_stack import DecodePlan
 from mistralrs.engine.layers.linear import Linear, LinearGroup
 from mistralrs.engine.layers.low_rank import LowRankTerm
 
-from .lora_files import AdapterError, LoraModule
+from mistralrs.plugins.xlora.lora_files import AdapterError, LoraModule
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .lora_files import AdapterError
+from mistralrs.plugins.xlora.lora_files import AdapterError
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from .lora_files import AdapterError, LoraAdapter, read_lora_adapter
-from .xlora_config import XLoraConfig, parse_xlora_config
+from mistralrs.plugins.xlora.lora_files import AdapterError, LoraAdapter, read_lora_adapter
+from mistralrs.plugins.xlora.xlora_config import XLoraConfig, parse_xlora_config
 
 MISTRALRS_CONFIG = "xlora_config.json"
 MISTRALRS_CLASSIFIER = "xlora_classifier.safetensors"

@@ -15,10 +15,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mistralrs.engine.batch import AttentionBatch, kept_rows, leading_tokens_batch
+from mistralrs.engine.core.batch import AttentionBatch, kept_rows, leading_tokens_batch
 
-from .classifier import XLoraClassifier
-from .mixer import ScalingMixer
+from mistralrs.plugins.xlora.classifier import XLoraClassifier
+from mistralrs.plugins.xlora.mixer import ScalingMixer
 
 
 class XLoraModel(nn.Module):

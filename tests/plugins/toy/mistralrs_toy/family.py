@@ -1,4 +1,4 @@
-from mistralrs.plugins.llama.family import LlamaFamily
+from mistralrs.engine.llama_base.family import LlamaFamily
 
 
 class ToyFamily(LlamaFamily):

@@ -12,13 +12,13 @@ import torch
 
 from mistralrs.conf.schema import EngineConfig
 
-from .block_manager import KVBlockPool
-from .kv_cache import KVCache, kv_cache_dtype
-from .loader import LoadedModel
-from .model_runner import ModelRunner
-from .sampler import SamplingParams, make_generator
-from .scheduler import Scheduler
-from .sequence import Sequence, SeqEvent, TokenLogprob
+from mistralrs.engine.core.block_manager import KVBlockPool
+from mistralrs.engine.core.kv_cache import KVCache, kv_cache_dtype
+from mistralrs.engine.loading.loader import LoadedModel
+from mistralrs.engine.core.model_runner import ModelRunner
+from mistralrs.engine.core.sampler import SamplingParams, make_generator
+from mistralrs.engine.core.scheduler import Scheduler
+from mistralrs.engine.core.sequence import Sequence, SeqEvent, TokenLogprob
 
 
 def _prompt_logprob_mark(seq: Sequence) -> int | None:
@@ -110,7 +110,7 @@ class LLMEngine:
     def add_request(self, prompt_ids: list[int], params: SamplingParams,
                     emit: Callable[[SeqEvent], None]) -> list[Sequence]:
         """Queue ``params.n`` sequences for one prompt; ``emit`` receives every event of each."""
-        from .tokenizer.detokenizer import IncrementalDetokenizer
+        from mistralrs.engine.tokenizer.detokenizer import IncrementalDetokenizer
 
         self.check_request(prompt_ids, params)
         seqs = []

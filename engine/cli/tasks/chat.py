@@ -10,7 +10,7 @@ import sys
 
 from omegaconf import DictConfig
 
-from .common import load_llm, stream_to_stdout
+from mistralrs.engine.cli.tasks.common import load_llm, stream_to_stdout
 
 COMMANDS = {
     "/help": "this list",

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from .common import load_llm
+from mistralrs.engine.cli.tasks.common import load_llm
 from mistralrs.engine.bench.peak_rss import peak_rss_mb, reset_peak_rss
 
 # Any text works; it only has to tokenize to enough tokens, the same way every run.
@@ -103,7 +103,7 @@ def run_served(cfg: DictConfig) -> dict:
     """Our server (and llama-server when a peer) driven by the openai client; one row per engine and
     stream count."""
     from mistralrs.engine.bench import served
-    from mistralrs.engine.sources import resolve_source
+    from mistralrs.engine.loading.sources import resolve_source
 
     b = cfg.bench
     unknown = set(b.peers) - {"llama-server"}

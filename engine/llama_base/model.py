@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mistralrs.engine.batch import AttentionBatch
-from mistralrs.engine.kv_cache import KVCache, KVCacheSpec
+from mistralrs.engine.core.batch import AttentionBatch
+from mistralrs.engine.core.kv_cache import KVCache, KVCacheSpec
 from mistralrs.engine.layers.attention import cached_attention
 from mistralrs.engine.layers.decode_stack import DecodeLayerSpec, DecodePlan
 from mistralrs.engine.layers.linear import Embedding, Linear, LinearGroup
@@ -20,7 +20,7 @@ from mistralrs.engine.layers.mlp import GatedMLP
 from mistralrs.engine.layers.norms import RMSNorm
 from mistralrs.engine.layers.rope import RotaryEmbedding, apply_rope_
 
-from .config import LlamaConfig
+from mistralrs.engine.llama_base.config import LlamaConfig
 
 Rope = tuple[torch.Tensor, torch.Tensor]  # cos, sin tables for the step's positions
 

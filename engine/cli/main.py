@@ -15,23 +15,23 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from .config import register_configs
-from .errors import user_facing
+from mistralrs.engine.config import register_configs
+from mistralrs.engine.errors import user_facing
 
 TASKS = {
-    "serve": "mistralrs.engine.tasks.serve:run",
-    "chat": "mistralrs.engine.tasks.chat:run",
-    "generate": "mistralrs.engine.tasks.generate:run",
-    "bench": "mistralrs.engine.tasks.bench:run",
-    "report": "mistralrs.engine.tasks.report:run",
-    "plugins": "mistralrs.engine.tasks.plugins:run",
+    "serve": "mistralrs.engine.cli.tasks.serve:run",
+    "chat": "mistralrs.engine.cli.tasks.chat:run",
+    "generate": "mistralrs.engine.cli.tasks.generate:run",
+    "bench": "mistralrs.engine.cli.tasks.bench:run",
+    "report": "mistralrs.engine.cli.tasks.report:run",
+    "plugins": "mistralrs.engine.cli.tasks.plugins:run",
 }
 
 
 def run_task(cfg: DictConfig) -> None:
     from mistralrs.registry import resolve
 
-    from .config import to_schema, validate_config
+    from mistralrs.engine.config import to_schema, validate_config
 
     logging.basicConfig(level=str(cfg.get("log_level", "WARNING")).upper(), stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s", force=True)

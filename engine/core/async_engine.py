@@ -12,10 +12,10 @@ import logging
 from concurrent.futures import Future
 from typing import AsyncIterator, Callable, TypeVar
 
-from .compute_thread import ComputeThread, compute_thread
-from .llm_engine import EngineStats, LLMEngine
-from .sampler import SamplingParams
-from .sequence import SeqEvent
+from mistralrs.engine.core.compute_thread import ComputeThread, compute_thread
+from mistralrs.engine.core.llm_engine import EngineStats, LLMEngine
+from mistralrs.engine.core.sampler import SamplingParams
+from mistralrs.engine.core.sequence import SeqEvent
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

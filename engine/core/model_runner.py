@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from .batch import paged_batch
-from .block_manager import KVBlockPool
-from .kv_cache import KVCache
-from .sampler import Sampled, Sampler, SampleRow, token_logprobs
-from .scheduler import ScheduledSeq
-from .sequence import TokenLogprob
+from mistralrs.engine.core.batch import paged_batch
+from mistralrs.engine.core.block_manager import KVBlockPool
+from mistralrs.engine.core.kv_cache import KVCache
+from mistralrs.engine.core.sampler import Sampled, Sampler, SampleRow, token_logprobs
+from mistralrs.engine.core.scheduler import ScheduledSeq
+from mistralrs.engine.core.sequence import TokenLogprob
 
 
 class ModelRunner:
@@ -64,7 +64,7 @@ class ModelRunner:
 def full_logits(model: torch.nn.Module, ids: list[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Logits at every position of one sequence ([len, vocab] float32), with a throwaway cache so
     the engine's pool is untouched."""
-    from .batch import contiguous_batch
+    from mistralrs.engine.core.batch import contiguous_batch
 
     caches = int(getattr(model, "num_kv_caches", 1))
     cache = KVCache(model.cache_spec(), len(ids) * caches, dtype, device)

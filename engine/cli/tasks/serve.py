@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from mistralrs.engine.config import to_schema
 
-from .common import load_llm
+from mistralrs.engine.cli.tasks.common import load_llm
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -10,8 +10,8 @@ from typing import Any, Callable
 
 import torch
 
-from .sampler import SamplingParams
-from .stop_strings import StopStringFilter
+from mistralrs.engine.core.sampler import SamplingParams
+from mistralrs.engine.core.stop_strings import StopStringFilter
 
 
 class SeqStatus(enum.Enum):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from .common import load_llm, stream_to_stdout
+from mistralrs.engine.cli.tasks.common import load_llm, stream_to_stdout
 
 
 def run(cfg: DictConfig) -> None:

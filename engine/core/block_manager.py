@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from .sequence import Sequence
+from mistralrs.engine.core.sequence import Sequence
 
 
 @dataclass

@@ -1,0 +1,3 @@
+from mistralrs.engine.cli.main import main
+
+main()
