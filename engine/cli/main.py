@@ -51,9 +51,15 @@ def _hydra_main(cfg: DictConfig) -> None:
         print(file=sys.stderr)
         sys.exit(130)
     except Exception as exc:
-        message = user_facing(exc)
-        if message is None:
-            raise
+        _exit_if_user_facing(exc)
+        raise
+
+
+def _exit_if_user_facing(exc: Exception) -> None:
+    """A user's mistake (bad config, missing file) is one line and exit code 2; anything else is a bug
+    and keeps its traceback."""
+    message = user_facing(exc)
+    if message is not None:
         print(f"mistralrs: error: {message}", file=sys.stderr)
         sys.exit(2)
 
@@ -79,11 +85,8 @@ def main() -> None:
     try:
         register_configs(strict_plugins=strict)
     except Exception as exc:
-        message = user_facing(exc)
-        if message is None:
-            raise
-        print(f"mistralrs: error: {message}", file=sys.stderr)
-        sys.exit(2)
+        _exit_if_user_facing(exc)
+        raise
     _hydra_main()
 
 
