@@ -79,6 +79,8 @@ class EngineConfig:
     strict_plugins: bool = False  # a plugin that fails to import becomes fatal
 
 
+# Sampling defaults are written once, here and in SamplingConfig below: the engine's SamplingParams
+# (engine/core/sampler.py) and the sampling=default preset take theirs from these.
 BUILTIN_SAMPLING = {"temperature": 0.7, "top_k": 0, "top_p": 1.0, "min_p": 0.0}
 
 
@@ -89,10 +91,10 @@ class SamplingConfig:
     # four sampling values take the model file's recommendation (generation_config.json, GGUF
     # general.sampling.*), else BUILTIN_SAMPLING.
     max_tokens: int = 256
-    temperature: Optional[float] = None  # built-in 0.7; 0 = greedy
-    top_k: Optional[int] = None  # built-in 0 (off)
-    top_p: Optional[float] = None  # built-in 1.0
-    min_p: Optional[float] = None  # built-in 0.0
+    temperature: Optional[float] = None  # 0 = greedy
+    top_k: Optional[int] = None  # 0 = off
+    top_p: Optional[float] = None
+    min_p: Optional[float] = None
     seed: Optional[int] = None
     ignore_eos: bool = False
     stop: list[str] = field(default_factory=list)

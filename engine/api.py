@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from mistralrs.conf.schema import Config
 
 from mistralrs.engine.core.compute_thread import compute_thread
+from mistralrs.engine.core.context_policy import completion_budget
 from mistralrs.engine.config import compose_config, resolve_sampling, to_schema
 from mistralrs.engine.core.llm_engine import LLMEngine
 from mistralrs.engine.loading.loader import LoadedModel, load_model, weights_mode
@@ -47,8 +48,8 @@ class LLM:
 
     def __init__(self, config: Config, loaded: LoadedModel):
         # unset sampling values: the model file's recommendation, else the built-in defaults
-        recommend = getattr(loaded.checkpoint, "recommended_sampling", dict)  # plugins' readers may predate it
-        sampling = resolve_sampling(config.sampling, recommend(), str(loaded.checkpoint.path))
+        recommended = loaded.checkpoint.recommended_sampling()
+        sampling = resolve_sampling(config.sampling, recommended, str(loaded.checkpoint.path))
         self.config = dataclasses.replace(config, sampling=sampling)
         self.loaded = loaded
         self.compute = compute_thread()
@@ -114,18 +115,19 @@ class LLM:
 
     def run(self, prompts: list[list[int]], **sampling: Any) -> Iterator[tuple[int, SeqEvent]]:
         """Generate for token-id prompts through the engine; yields ``(prompt index, event)`` per
-        sampled token. ``max_tokens`` is clamped to the room left in the context."""
+        sampled token. ``max_tokens`` is clamped to the room left in the context; a prompt that
+        fills the context alone raises :class:`~mistralrs.engine.core.context_policy.ContextLengthExceeded`
+        (a ``ValueError``; raise ``model.max_seq_len`` if the model allows more), and so do
+        ``generate`` and ``chat``, which run through here."""
         params = sampling_from(self.config.sampling, sampling)
         events: deque[tuple[int, SeqEvent]] = deque()
         seqs = []
         call = self.compute.call
         try:
             for i, ids in enumerate(prompts):
-                room = self.loaded.max_seq_len - len(ids)
-                if room < 1:
-                    raise ValueError(f"the prompt has {len(ids)} tokens; the context holds {self.loaded.max_seq_len} "
-                                     f"(raise model.max_seq_len if the model allows more)")
-                p = dataclasses.replace(params, max_tokens=min(params.max_tokens, room), n=1)
+                # the API's max_tokens is a cap, never an error: it gets what fits, as an omitted one would
+                budget = completion_budget(len(ids), self.loaded.max_seq_len, None, params.max_tokens)
+                p = dataclasses.replace(params, max_tokens=budget, n=1)
                 seqs += call(lambda p=p, i=i, ids=ids: self.engine.add_request(ids, p, lambda ev: events.append((i, ev))))
             while any(not s.is_finished for s in seqs):
                 call(self.engine.step)

@@ -40,8 +40,12 @@ def register_formats(register: Callable[..., None]) -> None:
 def register_quant_types(register: Callable[..., None]) -> None:
     """Register tensor storage / quantization types.
 
-    Call ``register(QuantTypeSpec(...))`` for each type: its name, GGML type id, block geometry and
-    the lazy path of its dequantization function ``(raw uint8 tensor, shape) -> float32 tensor``.
+    Call ``register(QuantTypeSpec(...))`` for each type: its name, GGML type id, block geometry, the
+    lazy path of its dequantization function ``(blocks: uint8 [n, type_size], spec) -> float32
+    [n, block_size]`` and, if it has one, of its quantizer ``(float32 [n, block_size]) -> uint8
+    [n, type_size]``. GGUF files whose tensors carry the type id then load through it: types the C++
+    kernels do not handle run as dequantized weights, and a type with a quantizer is an in-situ
+    quantization target (``quant.type=<name>``).
     """
 
 

@@ -12,11 +12,12 @@ from typing import Any, Generic, Iterator, TypeVar
 import pluggy
 
 from mistralrs.registry import hookspecs
-from mistralrs.registry.errors import DuplicateRegistration, PluginLoadError, UnknownName
-from mistralrs.registry.specs import AdapterSpec, ArchitectureSpec, FormatSpec, QuantTypeSpec, Registered
+from mistralrs.registry.errors import DuplicateRegistration, PluginLoadError, RegistryError, UnknownName
+from mistralrs.registry.specs import AdapterSpec, ArchitectureSpec, FormatSpec, QuantTypeSpec, Registered, resolve
 
 log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "mistralrs"
+BUILTIN_QUANT_PLUGIN = "quant"  # the entry point whose types engine/kernels implement (pyproject.toml)
 T = TypeVar("T")
 
 
@@ -53,6 +54,33 @@ class Registry(Generic[T]):
         return iter(self._entries.values())
 
 
+class QuantTypeRegistry(Registry[QuantTypeSpec]):
+    """Quant types by name and by GGUF type id: file readers look types up by id, the rest by name,
+    on every tensor, so both are plain dict lookups."""
+
+    def __init__(self) -> None:
+        super().__init__("quant type")
+        self._by_id: dict[int, QuantTypeSpec] = {}
+
+    def add(self, spec: QuantTypeSpec, plugin: str, origin: str = "") -> None:
+        if spec.native and plugin != BUILTIN_QUANT_PLUGIN:  # a plugin cannot add C++ kernels
+            raise RegistryError(f"quant type {spec.name!r} from plugin {plugin!r} says native=True, but only the "
+                                f"built-in kernels' types are native; leave it False (weights are dequantized)")
+        owner = self._by_id.get(spec.ggml_type) if spec.ggml_type is not None else None
+        if owner is not None and owner.name != spec.name:  # a file's type id must mean one layout
+            raise DuplicateRegistration("GGUF type id", str(spec.ggml_type), self.registered(owner.name).plugin, plugin)
+        super().add(spec, plugin, origin)
+        if spec.ggml_type is not None:
+            self._by_id[spec.ggml_type] = spec
+
+    def find(self, name: str) -> QuantTypeSpec | None:
+        entry = self._entries.get(name)
+        return None if entry is None else entry.spec
+
+    def by_ggml_type(self, type_id: int) -> QuantTypeSpec | None:
+        return self._by_id.get(type_id)
+
+
 @dataclass
 class PluginInfo:
     name: str
@@ -65,9 +93,17 @@ class PluginInfo:
 class Registries:
     architectures: Registry[ArchitectureSpec] = field(default_factory=lambda: Registry("architecture"))
     formats: Registry[FormatSpec] = field(default_factory=lambda: Registry("format"))
-    quant_types: Registry[QuantTypeSpec] = field(default_factory=lambda: Registry("quant type"))
+    quant_types: QuantTypeRegistry = field(default_factory=QuantTypeRegistry)
     adapters: Registry[AdapterSpec] = field(default_factory=lambda: Registry("adapter"))
     plugins: list[PluginInfo] = field(default_factory=list)
+
+    def gguf_claimant(self, gguf: str, metadata: dict[str, Any]) -> ArchitectureSpec | None:
+        """The family whose ``gguf_claim`` takes this file, if one does."""
+        for entry in self.architectures:
+            spec: ArchitectureSpec = entry.spec
+            if spec.gguf_claim and gguf in spec.gguf_architectures and resolve(spec.gguf_claim)(metadata):
+                return spec
+        return None
 
     def architecture_for(self, *, gguf: str | None = None, hf: list[str] | None = None) -> ArchitectureSpec:
         """Find the family that accepts a GGUF architecture name or one of HF's class names."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass, field
 from typing import Any
+
+from mistralrs.registry.interfaces import Family, check
 
 
 def resolve(target: str) -> Any:
@@ -18,6 +21,9 @@ def resolve(target: str) -> Any:
     return obj
 
 
+_resolved = functools.cache(resolve)  # quant types resolve their functions on every tensor; import once
+
+
 @dataclass(frozen=True)
 class ArchitectureSpec:
     name: str
@@ -25,9 +31,13 @@ class ArchitectureSpec:
     gguf_architectures: tuple[str, ...] = ()
     hf_architectures: tuple[str, ...] = ()
     description: str = ""
+    # Lazy path of claims(gguf_metadata) -> bool: files of a GGUF architecture several families share
+    # that this one takes whatever the preset (llama.cpp writes Mixtral as "llama" with experts).
+    gguf_claim: str = ""
 
     def load(self) -> Any:
-        return resolve(self.family)
+        """The family object, checked against ``interfaces.Family``."""
+        return check(resolve(self.family), Family, f"family {self.family!r} of architecture {self.name!r}")
 
 
 @dataclass(frozen=True)
@@ -40,18 +50,28 @@ class FormatSpec:
 
 @dataclass(frozen=True)
 class QuantTypeSpec:
+    """One tensor storage type: the single record every reader, kernel and quantizer consults."""
+
     name: str
-    ggml_type: int | None
-    block_size: int
-    type_size: int
-    dequantize: str  # lazy path of dequantize(raw: uint8 Tensor, shape) -> float32 Tensor
+    ggml_type: int | None  # the GGUF/GGML tensor type id
+    block_size: int  # elements per block (a row holds whole blocks)
+    type_size: int  # bytes per block
+    dequantize: str  # lazy path of dequantize(blocks: uint8 [n, type_size], spec) -> float32 [n, block_size]
     description: str = ""
+    quantize: str | None = None  # lazy path of quantize(x: float32 [n, block_size]) -> uint8 [n, type_size]
+    native: bool = False  # the C++ kernels (engine/kernels/quant_layout.h) repack and multiply it by ggml_type
+
+    def dequantizer(self) -> Any:
+        return _resolved(self.dequantize)
+
+    def quantizer(self) -> Any:
+        return None if self.quantize is None else _resolved(self.quantize)
 
 
 @dataclass(frozen=True)
 class AdapterSpec:
     name: str
-    apply: str  # lazy path
+    apply: str  # lazy path of apply(model, AdapterConfig, device, dtype) -> CausalLM (interfaces.py)
     description: str = ""
 
 

@@ -17,8 +17,11 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 
 from mistralrs.engine.quant import dequant
-from mistralrs.engine.quant.dequant import BLOCK_GEOMETRY, dequantize
+from mistralrs.engine.quant.dequant import dequantize
+from mistralrs.registry import PluginHost
 
+BUILTIN_TYPES = {e.spec.name: e.spec for e in PluginHost().registries.quant_types if e.plugin == "quant"}
+BLOCK_GEOMETRY = {name: (spec.block_size, spec.type_size) for name, spec in BUILTIN_TYPES.items()}
 ALL_TYPES = list(BLOCK_GEOMETRY)
 QUANT_TYPES = [t for t in ALL_TYPES if BLOCK_GEOMETRY[t][0] > 1]
 
@@ -194,10 +197,11 @@ def test_misaligned_and_shaped_raw(qtype: str) -> None:
 @pytest.mark.parametrize("qtype", ALL_TYPES)
 def test_per_type_functions_and_geometry(qtype: str) -> None:
     assert BLOCK_GEOMETRY[qtype] == GGML_QUANT_SIZES[GGMLQuantizationType[qtype]]
-    fn = getattr(dequant, f"dequantize_{qtype.lower()}")
+    spec = BUILTIN_TYPES[qtype]
     shape = (2, BLOCK_GEOMETRY[qtype][0] if BLOCK_GEOMETRY[qtype][0] > 1 else 4)
     raw = torch.from_numpy(_random_bytes(qtype, shape, "fn"))
-    assert torch.equal(fn(raw, shape).view(torch.int32), dequantize(raw, qtype, shape).view(torch.int32))
+    got = spec.dequantizer()(raw.view(-1, spec.type_size), spec).view(shape)
+    assert torch.equal(got.view(torch.int32), dequantize(raw, qtype, shape).view(torch.int32))
 
 
 def test_empty_tensor() -> None:
@@ -216,7 +220,7 @@ def test_wrong_byte_count() -> None:
     with pytest.raises(ValueError, match=r"288 bytes, got 289"):
         dequantize(raw, "Q4_K", (1, 512))
     with pytest.raises(ValueError, match=r"8 bytes, got 4"):
-        dequant.dequantize_f16(torch.zeros(4, dtype=torch.uint8), (2, 2))
+        dequantize(torch.zeros(4, dtype=torch.uint8), "F16", (2, 2))
 
 
 @pytest.mark.parametrize("qtype,cols", [("Q4_0", 48), ("Q8_0", 1), ("Q6_K", 128), ("Q2_K", 320)])

@@ -14,7 +14,7 @@ import mistralrs
 from mistralrs.conf.schema import ModelConfig
 from mistralrs.engine.loading.loader import open_checkpoint
 from mistralrs.registry import registries
-from tiny_models import engine_greedy
+from tiny_models import engine_greedy, rewrite_gguf
 
 TINY = Path(__file__).parent / "data" / "tiny"
 ATOL = 1e-4
@@ -89,27 +89,6 @@ def test_gguf_llama_with_experts_is_handed_to_mixtral():
 
 
 # --- Mixtral expert layouts ----------------------------------------------------------------------
-def rewrite_gguf(src: Path, dst: Path, tensors) -> None:
-    """Copy ``src``'s metadata to ``dst``; ``tensors(reader_tensor)`` yields (name, array, raw_dtype)."""
-    from gguf import GGUFReader, GGUFValueType, GGUFWriter
-
-    reader = GGUFReader(src)
-    writer = GGUFWriter(dst, arch=reader.fields["general.architecture"].contents())
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF.") or key == "general.architecture":
-            continue
-        vtype = field.types[0]
-        sub_type = field.types[1] if vtype == GGUFValueType.ARRAY else None
-        writer.add_key_value(key, field.contents(), vtype, sub_type=sub_type)
-    for t in reader.tensors:
-        for name, data, raw_dtype in tensors(t):
-            writer.add_tensor(name, data, raw_dtype=raw_dtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-
-
 def expert_tensors(per_expert: bool, quantize: bool):
     from gguf import GGMLQuantizationType
     from gguf.quants import quantize as gguf_quantize
@@ -117,7 +96,7 @@ def expert_tensors(per_expert: bool, quantize: bool):
     def convert(t):
         data = np.array(t.data)
         if "_exps." not in t.name:
-            yield t.name, data, None
+            yield t.name, data, None, None
             return
         q = GGMLQuantizationType.Q8_0 if quantize else None
 
@@ -125,11 +104,11 @@ def expert_tensors(per_expert: bool, quantize: bool):
             return gguf_quantize(a.astype(np.float32), q) if quantize else a
 
         if not per_expert:
-            yield t.name, stored(data), q
+            yield t.name, stored(data), q, None
             return
         stem = t.name.replace("_exps.weight", "")  # blk.{i}.ffn_gate
         for e in range(data.shape[0]):
-            yield f"{stem}.{e}.weight", stored(data[e]), q
+            yield f"{stem}.{e}.weight", stored(data[e]), q, None
 
     return convert
 

@@ -25,9 +25,9 @@ from mistralrs.engine.quant.dequant import dequantize
 from mistralrs.engine.quant.isq import InSituQuantizer
 from mistralrs.engine.quant.quantize import quantize
 from mistralrs.engine.quant.quantize_types import (
-    ISQ_TYPES,
     LLAMA_CPP_FALLBACK,
     isq_target_type,
+    isq_types,
     quote_width_overrides,
     resolve_isq_type,
 )
@@ -233,7 +233,7 @@ def test_hydra_presets():
 def test_llama_cpp_fallback_table():
     # ggml-org/llama.cpp src/llama-quant.cpp, tensor_type_fallback()
     assert LLAMA_CPP_FALLBACK == {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
-    for qtype in ISQ_TYPES:
+    for qtype in isq_types():
         assert isq_target_type(qtype, 1536) == qtype
         assert isq_target_type(qtype, 576) == LLAMA_CPP_FALLBACK.get(qtype, qtype)  # SmolLM2's hidden size
         assert isq_target_type(qtype, 40) is None  # not even 32-blocks: stays float (llama.cpp: F16)

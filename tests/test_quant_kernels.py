@@ -10,10 +10,15 @@ import torch
 
 from mistralrs.engine.formats.checkpoint import RawTensor
 from mistralrs.engine.quant.affine import AFFINE_TYPES, affine_groups
-from mistralrs.engine.quant.dequant import BLOCK_GEOMETRY, dequantize
+from mistralrs.engine.quant.dequant import dequantize
 from mistralrs.engine.quant.int4_planes import Int4PlanesWeight, row_decode_supported
-from mistralrs.engine.kernels import NATIVE_TYPES, native_ops
+from mistralrs.engine.kernels import native_ops
 from mistralrs.engine.quant.weights import NATIVE_MAX_ROWS, BlockWeight, DenseWeight, RepackedWeight, packed_weight
+from mistralrs.registry import PluginHost
+
+SPECS = [e.spec for e in PluginHost().registries.quant_types]
+BLOCK_GEOMETRY = {s.name: (s.block_size, s.type_size) for s in SPECS}
+NATIVE_TYPES = {s.name: s.ggml_type for s in SPECS if s.native}  # name -> the GGML id the kernels take
 
 ALL_QUANT = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 SCALE_OFFSETS = {"Q2_K": (80, 2), "Q3_K": (108, 1), "Q6_K": (208, 1)}  # f16 fields at the block end
@@ -165,8 +170,8 @@ def test_avx2_build_of_the_kernels_agrees(tmp_path):
     script.write_text(
         "import sys, torch\n"
         f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-        "from test_quant_kernels import random_blocks\n"
-        "from mistralrs.engine.kernels import NATIVE_TYPES, native_ops\n"
+        "from test_quant_kernels import NATIVE_TYPES, random_blocks\n"
+        "from mistralrs.engine.kernels import native_ops\n"
         "from mistralrs.engine.quant.dequant import dequantize\n"
         "ops = native_ops()\n"
         "assert ops is not None\n"

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import types
 from pathlib import Path
 
 import pytest
 
 from cli_helpers import run_cli
+from plugin_helpers import install_plugins
 from mistralrs.registry import (ArchitectureSpec, DuplicateRegistration, PluginHost, PluginLoadError, UnknownName,
                                 hookimpl)
-
-PLUGINS = Path(__file__).parent / "plugins"
 
 
 def test_builtins_come_through_entry_points():
@@ -49,11 +46,7 @@ def test_unknown_architecture_lists_known_ones():
 @pytest.fixture(scope="session")
 def plugin_site(tmp_path_factory) -> Path:
     """The out-of-tree plugin packages in tests/plugins, pip-installed into a private directory."""
-    target = tmp_path_factory.mktemp("site")
-    for package in ("toy", "broken"):
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
-                        str(PLUGINS / package)], check=True, capture_output=True)
-    return target
+    return install_plugins(tmp_path_factory.mktemp("site"), "toy", "broken")
 
 
 def test_out_of_tree_plugin_is_listed_and_broken_one_skipped(plugin_site):

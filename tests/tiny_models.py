@@ -139,3 +139,25 @@ def engine_greedy(llm, prompts: list[list[int]], steps: int = 8) -> tuple[list[l
         tokens[i].append(e.token)
         logprobs[i].append(e.logprob.logprob)
     return tokens, torch.tensor(logprobs)
+
+
+def rewrite_gguf(src: Path, dst: Path, tensors) -> None:
+    """Copy ``src``'s metadata to ``dst``; ``tensors(reader_tensor)`` yields (name, array, raw_dtype,
+    raw_shape), raw_shape None for the array's own shape."""
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+    reader = GGUFReader(src)
+    writer = GGUFWriter(dst, arch=reader.fields["general.architecture"].contents())
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        vtype = field.types[0]
+        sub_type = field.types[1] if vtype == GGUFValueType.ARRAY else None
+        writer.add_key_value(key, field.contents(), vtype, sub_type=sub_type)
+    for t in reader.tensors:
+        for name, data, raw_dtype, raw_shape in tensors(t):
+            writer.add_tensor(name, data, raw_shape=raw_shape, raw_dtype=raw_dtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()

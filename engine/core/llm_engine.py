@@ -13,6 +13,7 @@ import torch
 from mistralrs.conf.schema import EngineConfig
 
 from mistralrs.engine.core.block_manager import KVBlockPool
+from mistralrs.engine.core.context_policy import ContextLengthExceeded, check_fits
 from mistralrs.engine.core.kv_cache import KVCache, kv_cache_dtype
 from mistralrs.engine.loading.loader import LoadedModel
 from mistralrs.engine.core.model_runner import ModelRunner
@@ -31,10 +32,6 @@ def _rewind_prompt_logprobs(seq: Sequence, mark: int | None) -> None:
         seq.prompt_logprobs = None
     elif seq.prompt_logprobs is not None:
         del seq.prompt_logprobs[mark:]
-
-
-class ContextLengthExceeded(ValueError):
-    pass
 
 
 log = logging.getLogger(__name__)
@@ -66,7 +63,7 @@ class LLMEngine:
         self.loaded = loaded
         self.cfg = cfg
         model = loaded.model
-        self.num_caches = int(getattr(model, "num_kv_caches", 1))
+        self.num_caches = model.num_kv_caches
         # Slots of the one pool that every cache's blocks come from (X-LoRA: two per token).
         self.kv_dtype = kv_cache_dtype(cfg.kv_cache_dtype, loaded.dtype, exact)
         per_slot = kv_bytes_per_token(model, self.kv_dtype, 1)
@@ -96,11 +93,8 @@ class LLMEngine:
         vocab = self.loaded.config.vocab_size
         if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
+        check_fits(len(prompt_ids), params.max_tokens, self.max_seq_len)
         total = len(prompt_ids) + params.max_tokens
-        if total > self.max_seq_len:
-            raise ContextLengthExceeded(
-                f"this model's maximum context length is {self.max_seq_len} tokens; the request needs "
-                f"{total} ({len(prompt_ids)} in the prompt + {params.max_tokens} for max_tokens)")
         blocks = self.pool.blocks_for(total) * self.num_caches
         if blocks > self.pool.num_blocks:
             raise ContextLengthExceeded(

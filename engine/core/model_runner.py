@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from mistralrs.registry.interfaces import CausalLM
+
 from mistralrs.engine.core.batch import paged_batch
 from mistralrs.engine.core.block_manager import KVBlockPool
 from mistralrs.engine.core.kv_cache import KVCache
@@ -13,7 +15,7 @@ from mistralrs.engine.core.sequence import TokenLogprob
 
 
 class ModelRunner:
-    def __init__(self, model: torch.nn.Module, cache: KVCache, pool: KVBlockPool, device: torch.device):
+    def __init__(self, model: CausalLM, cache: KVCache, pool: KVBlockPool, device: torch.device):
         self.model, self.cache, self.pool, self.device = model, cache, pool, device
         self.sampler = Sampler()
 
@@ -29,10 +31,7 @@ class ModelRunner:
                                self.pool.block_size, self.device) for c in range(self.pool.num_caches)]
         batch = batches[-1]
         input_ids = torch.tensor(ids, device=self.device)
-        if len(batches) == 1:
-            hidden = self.model(input_ids, batch, self.cache)
-        else:
-            hidden = self.model(input_ids, batches, self.cache, seqs=[s.seq for s in scheduled])
+        hidden = self.model.step(input_ids, batches, self.cache, [s.seq for s in scheduled])
         self._prompt_logprobs(scheduled, batch, hidden)
         due = [(s, seg) for s, seg in zip(scheduled, batch.segments) if s.sample]
         if not due:
@@ -61,14 +60,12 @@ class ModelRunner:
 
 
 @torch.inference_mode()
-def full_logits(model: torch.nn.Module, ids: list[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def full_logits(model: CausalLM, ids: list[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Logits at every position of one sequence ([len, vocab] float32), with a throwaway cache so
     the engine's pool is untouched."""
     from mistralrs.engine.core.batch import contiguous_batch
 
-    caches = int(getattr(model, "num_kv_caches", 1))
+    caches = model.num_kv_caches
     cache = KVCache(model.cache_spec(), len(ids) * caches, dtype, device)
     batches = [contiguous_batch([0], [len(ids)], [0], [c * len(ids)], device) for c in range(caches)]
-    input_ids = torch.tensor(ids, device=device)
-    hidden = model(input_ids, batches[0], cache) if caches == 1 else model(input_ids, batches, cache)
-    return model.logits(hidden)
+    return model.logits(model.step(torch.tensor(ids, device=device), batches, cache))

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mistralrs.conf.schema import BUILTIN_SAMPLING, SamplingConfig
+
 MAX_TOP_LOGPROBS = 20
 # Temperatures below this sample greedily (as vLLM's _SAMPLING_EPS): dividing float32 logits by 1e-45
 # overflows to inf and the softmax to NaN.
@@ -20,13 +22,14 @@ MIN_REPETITION_PENALTY = 0.01  # below it, dividing logits overflows float32
 
 @dataclass
 class SamplingParams:
-    max_tokens: int = 256
-    temperature: float = 0.7
-    top_k: int = 0  # 0: off
-    top_p: float = 1.0
-    min_p: float = 0.0
-    seed: int | None = None
-    ignore_eos: bool = False
+    # defaults: the configuration's (conf/schema.py), so that each is written once
+    max_tokens: int = SamplingConfig.max_tokens
+    temperature: float = BUILTIN_SAMPLING["temperature"]
+    top_k: int = BUILTIN_SAMPLING["top_k"]  # 0: off
+    top_p: float = BUILTIN_SAMPLING["top_p"]
+    min_p: float = BUILTIN_SAMPLING["min_p"]
+    seed: int | None = SamplingConfig.seed
+    ignore_eos: bool = SamplingConfig.ignore_eos
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     n: int = 1

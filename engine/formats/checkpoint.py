@@ -1,16 +1,15 @@
-"""What every format reader yields: metadata, an architecture hint, and raw tensors by name."""
+"""What every format reader yields: metadata, an architecture hint, and raw tensors by name (the
+``Checkpoint`` contract itself is in registry/interfaces.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterator, Protocol
 
 import torch
 
 from mistralrs.engine.formats.errors import ModelFileError
 
-__all__ = ["ArchitectureHint", "Checkpoint", "ModelFileError", "RawTensor"]
+__all__ = ["ArchitectureHint", "ModelFileError", "RawTensor"]
 
 
 @dataclass
@@ -31,23 +30,3 @@ class RawTensor:
 class ArchitectureHint:
     gguf: str | None = None  # general.architecture
     hf: list[str] = field(default_factory=list)  # config.json "architectures"
-
-
-class Checkpoint(Protocol):
-    path: Path
-    format: str
-    metadata: dict[str, Any]  # GGUF key/values, or HF config.json
-
-    def architecture(self) -> ArchitectureHint: ...
-
-    def tensor_names(self) -> list[str]: ...
-
-    def tensor(self, name: str) -> RawTensor: ...
-
-    def tensors(self) -> Iterator[RawTensor]: ...
-
-    def tokenizer(self) -> Any: ...  # engine.tokenizer.TextTokenizer
-
-    def recommended_sampling(self) -> dict[str, float | int]: ...  # formats/recommended_sampling.py
-
-    def file_tensor_bytes(self) -> int: ...

@@ -23,14 +23,15 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from mistralrs.engine.formats.tensor_types import stored_type
+from mistralrs.registry import QuantTypeSpec
 
 MAGICS = {b"lmgg": "ggml", b"fmgg": "ggmf", b"tjgg": "ggjt"}  # the uint32 magics as stored bytes
 VERSIONS = {"ggmf": (1,), "ggjt": (1, 2, 3)}
 ALIGNMENT = 32  # ggjt pads each tensor's data to this, counted from the start of the file
 MAX_NAME = 4096  # the converter's sanity bound on token and tensor-name lengths
 MAX_DIMS = 4
-# the tensor types a llama GGML file can hold (ids and block sizes come from the gguf package)
+# the tensor types a llama GGML file can hold (ids and block sizes come from the quant-type table)
 STORAGE_TYPES = ("F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 REMOVED_TYPES = {4: "Q4_2", 5: "Q4_3"}  # tensor type ids llama.cpp dropped; no reader knows their blocks
 # header ftype ("mostly ...") ids; 5 and 6 were the removed Q4_2 / Q4_3
@@ -140,23 +141,21 @@ def _check_file_type(kind: str, version: int, ftype: int, label: str) -> None:
         )
 
 
-def _check_tensor_type(kind: str, version: int, name: str, type_id: int, label: str) -> str:
+def _check_tensor_type(kind: str, version: int, name: str, type_id: int, label: str) -> QuantTypeSpec:
     if type_id in REMOVED_TYPES:
         raise GGMLFormatError(f"tensor {name!r} has type {REMOVED_TYPES[type_id]} (id {type_id}), which llama.cpp removed")
-    try:
-        qtype = GGMLQuantizationType(type_id).name
-    except ValueError:
-        qtype = None
-    if qtype not in STORAGE_TYPES:
+    qtype, spec = stored_type(type_id)
+    if spec is None or qtype not in STORAGE_TYPES:
+        shown = f"id {type_id}" if qtype.startswith("UNKNOWN") else qtype
         raise GGMLFormatError(
-            f"tensor {name!r} has type {qtype or 'id ' + str(type_id)}, not one a llama GGML file holds "
+            f"tensor {name!r} has type {shown}, not one a llama GGML file holds "
             f"({', '.join(STORAGE_TYPES)})"
         )
     if (kind != "ggjt" or version < 2) and qtype not in ("F32", "F16"):
         raise GGMLFormatError(f"{label} tensor {name!r} has type {qtype}: quantized blocks before ggjt v2 use an older layout")
     if kind == "ggjt" and version == 2 and qtype in _V3_CHANGED_TYPES:
         raise GGMLFormatError(f"{label} tensor {name!r} has type {qtype}, whose block layout changed in ggjt v3")
-    return qtype
+    return spec
 
 
 def _read_vocab(cur: _Cursor, n_vocab: int, scores: bool) -> list[tuple[bytes, float]]:
@@ -182,10 +181,11 @@ def _read_tensor(cur: _Cursor, kind: str, version: int, label: str) -> GGMLTenso
         raise GGMLFormatError(f"tensor at byte {at} has {n_dims} dimensions (expected 1..{MAX_DIMS})")
     ne = cur.unpack(f"<{n_dims}I", f"shape of the tensor at byte {at}")
     name = cur.take(name_len, f"name of the tensor at byte {at}").decode("utf-8", errors="replace")
-    qtype = _check_tensor_type(kind, version, name, type_id, label)
+    spec = _check_tensor_type(kind, version, name, type_id, label)
+    qtype = spec.name
     if kind == "ggjt":
         cur.pos = -(-cur.pos // ALIGNMENT) * ALIGNMENT
-    block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType[qtype]]
+    block, type_size = spec.block_size, spec.type_size
     if min(ne) == 0 or ne[0] % block:
         raise GGMLFormatError(f"tensor {name!r} has a bad shape {list(ne)} for type {qtype} (block size {block})")
     n = 1

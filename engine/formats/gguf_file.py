@@ -56,6 +56,9 @@ class GGUFLayoutCheckpoint:
     def file_tensor_bytes(self) -> int:
         return sum(e.n_bytes for e in self._entries.values())
 
+    def configure(self, options: Any) -> None:
+        """GGUF metadata says everything the model needs (legacy GGML files override this)."""
+
     def release_pages(self, names: list[str] | None = None) -> None:
         """Drop the pages of these tensors (default: the whole file) from this process once the
         model holds its own copies (repacked blocks, float tensors): loading then never holds a

@@ -2,8 +2,9 @@
 
 gguf-py's ``GGUFReader`` builds one numpy view per array element, which takes 4 s for SmolLM2's
 49k-token vocabulary and over 20 s for Gemma 3's 262k here; this parser reads the same header in a
-fraction of a second. It still takes every format constant (value types, tensor types, block
-sizes) from the ``gguf`` package, and tests check it against ``GGUFReader`` on real files.
+fraction of a second. It takes the value types from the ``gguf`` package and tensor types with their
+block sizes from the quant-type table (tensor_types.py: plugins' types read too), and tests check it
+against ``GGUFReader`` on real files.
 Every read is bounds-checked: a damaged or hostile file gives ``GGUFFormatError``, never a crash or
 a huge allocation.
 """
@@ -17,7 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+from gguf import GGUFValueType
+
+from mistralrs.engine.formats.tensor_types import stored_type
+from mistralrs.registry import QuantTypeSpec
 
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -44,7 +48,7 @@ class GGUFFormatError(ValueError):
 @dataclass(frozen=True)
 class TensorEntry:
     name: str
-    qtype: str  # GGMLQuantizationType name, or "UNKNOWN(<id>)"
+    qtype: str  # the quant type's name, as tensor_types.stored_type gives it
     shape: tuple[int, ...]  # torch order: ggml's ne reversed
     offset: int  # absolute byte offset in the file
     n_bytes: int
@@ -110,17 +114,10 @@ class _Cursor:
         return values.tolist()
 
 
-def _tensor_type_name(type_id: int) -> str:
-    try:
-        return GGMLQuantizationType(type_id).name
-    except ValueError:
-        return f"UNKNOWN({type_id})"
-
-
-def _tensor_bytes(name: str, qtype: str, ne: list[int]) -> int:
-    if qtype.startswith("UNKNOWN"):
+def _tensor_bytes(name: str, qtype: str, spec: QuantTypeSpec | None, ne: list[int]) -> int:
+    if spec is None:  # no registered type reads it; the checkpoint refuses it by name
         return 0
-    block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType[qtype]]
+    block, type_size = spec.block_size, spec.type_size
     if ne and ne[0] % block:
         raise GGUFFormatError(f"tensor {name!r}: row length {ne[0]} is not a multiple of the {qtype} block size {block}")
     n = 1
@@ -154,16 +151,16 @@ def parse_gguf(buf: memoryview) -> GGUFHeader:
         if not 1 <= n_dims <= MAX_DIMS:
             raise GGUFFormatError(f"tensor {name!r}: {n_dims} dimensions (expected 1..{MAX_DIMS})")
         ne = [cur.unpack("<Q", f"shape of {name!r}") for _ in range(n_dims)]
-        qtype = _tensor_type_name(cur.unpack("<I", f"type of {name!r}"))
+        qtype, spec = stored_type(cur.unpack("<I", f"type of {name!r}"))
         offset = cur.unpack("<Q", f"offset of {name!r}")
-        infos.append((name, qtype, ne, offset))
+        infos.append((name, qtype, spec, ne, offset))
     alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
         raise GGUFFormatError(f"general.alignment {alignment!r} is not a power of two")
     data_offset = -(-cur.pos // alignment) * alignment
     tensors = []
-    for name, qtype, ne, offset in infos:
-        n_bytes = _tensor_bytes(name, qtype, ne)
+    for name, qtype, spec, ne, offset in infos:
+        n_bytes = _tensor_bytes(name, qtype, spec, ne)
         start = data_offset + offset
         if start + n_bytes > len(buf):
             raise GGUFFormatError(

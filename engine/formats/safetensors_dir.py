@@ -80,6 +80,12 @@ class SafetensorsCheckpoint:
     def file_tensor_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.path.glob("*.safetensors"))
 
+    def configure(self, options: Any) -> None:
+        """config.json says everything the model needs."""
+
+    def release_pages(self, names: list[str] | None = None) -> None:
+        """safetensors hands out tensors it read; there are no pages of ours to drop."""
+
     def recommended_sampling(self) -> dict[str, float | int]:
         from mistralrs.engine.formats.recommended_sampling import from_generation_config
 

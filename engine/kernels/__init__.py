@@ -28,9 +28,8 @@ SOURCES = sorted(Path(__file__).parent.glob("*.cpp"))
 HEADERS = sorted(Path(__file__).parent.glob("*.h"))
 # MISTRALRS_KERNEL_MARCH builds for another CPU than this one (the tests check the AVX2 code path so)
 CFLAGS = ["-O3", f"-march={os.environ.get('MISTRALRS_KERNEL_MARCH', 'native')}", "-fno-math-errno", "-fopenmp"]
-# GGML type ids the C++ kernels repack and multiply (quant_layout.h)
-NATIVE_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q2_K": 10, "Q3_K": 11, "Q4_K": 12, "Q5_K": 13,
-                "Q6_K": 14}
+# The GGML types these kernels repack and multiply (quant_layout.h) are those the quant-type table marks
+# ``native`` (engine/quant/plugin.py); callers pass the type's GGML id.
 
 
 def build_key(sources: list[bytes], torch_version: str, torch_dir: str, include_paths: list[str], compiler: str,

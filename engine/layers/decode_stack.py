@@ -16,7 +16,7 @@ from torch import nn
 
 from mistralrs.engine.kernels import native_ops
 from mistralrs.engine.layers.attention import NATIVE_CACHE_DTYPES
-from mistralrs.engine.layers.linear import Linear, LinearGroup
+from mistralrs.engine.layers.linear import Linear, LinearGroup, base_layer
 from mistralrs.engine.layers.norms import RMSNorm
 
 ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}
@@ -72,9 +72,9 @@ def _projection(layers: list[nn.Module], group: LinearGroup | None):
     """(weights, types, rows, [(low-rank term, first output column)]) of layers sharing an input, or
     None. An adapter-wrapped layer shows its ``base_layer`` and its ``term`` (engine/layers/low_rank.py);
     a fused group of packed weights has one term for all its members."""
-    bases = [getattr(layer, "base_layer", layer) for layer in layers]
+    bases = [base_layer(layer) for layer in layers]
     weights = [_weight(base) for base in bases]
-    if any(w is None for w in weights) or any(b is not l and getattr(l, "term", None) is None for l, b in zip(layers, bases)):
+    if any(w is None for w in weights) or any(b is not l and l.term is None for l, b in zip(layers, bases)):
         return None
     plan = group.native_plan() if group is not None else None
     if plan is not None and plan[1] is not None:

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mistralrs.registry.interfaces import AdaptedLinear
+
 
 def _empty(*shape: int) -> nn.Parameter:
     return nn.Parameter(torch.empty(*shape, device="meta"), requires_grad=False)
@@ -60,6 +62,11 @@ class Embedding(_Weighted):
         return self.packed.rows(ids).to(self.dtype)
 
 
+def base_layer(layer: nn.Module) -> nn.Module:
+    """The layer an adapter wraps (interfaces.AdaptedLinear), or ``layer`` itself when unwrapped."""
+    return layer.base_layer if isinstance(layer, AdaptedLinear) else layer
+
+
 class LinearGroup:
     """Linear layers of ``owner`` sharing an input (q/k/v, gate/up), applied in one kernel call
     when their weights allow it. Weights arrive after the model is built, so the plan is made on
@@ -76,16 +83,15 @@ class LinearGroup:
         from mistralrs.engine.quant.weights import native_group
 
         self._layers = self.layers()
-        # An adapter wrapping a layer (``base_layer``, and ``fuse_group(layers)`` giving an object
-        # whose ``add_(out, x)`` adds its terms to the concatenated outputs) keeps the fused base call.
-        bases = [getattr(layer, "base_layer", layer) for layer in self._layers]
+        # An adapter wrapping a layer (interfaces.AdaptedLinear) keeps the fused base call when its
+        # ``fuse_group`` gives one object adding its terms to the concatenated outputs.
+        bases = [base_layer(layer) for layer in self._layers]
         plain = all(isinstance(layer, Linear) and layer.packed is not None and layer.bias is None
                     for layer in bases)
         self._fused = native_group([layer.packed for layer in bases]) if plain else None
         adapted = [layer for layer, base in zip(self._layers, bases) if layer is not base]
         if adapted and self._fused is not None:
-            fuse = getattr(adapted[0], "fuse_group", None)
-            self._adapter = fuse(self._layers) if fuse is not None else None
+            self._adapter = adapted[0].fuse_group(self._layers)
             if self._adapter is None:
                 self._fused = None  # each layer applies its own adapter
         self._planned = True
@@ -99,7 +105,7 @@ class LinearGroup:
         layers take separate calls."""
         if not self._planned:
             self.plan()
-        term = getattr(self._adapter, "term", None)
+        term = self._adapter.term if self._adapter is not None else None
         if self._fused is None or (self._adapter is not None and term is None):
             return None
         return self._fused, term

@@ -94,11 +94,6 @@ def config_from_gguf(meta: dict[str, Any], arch: str = "llama") -> LlamaConfig:
     return LlamaConfig(**llama_fields_from_gguf(meta, arch)).validate()
 
 
-def gguf_expert_count(meta: dict[str, Any], arch: str) -> int:
-    """llama.cpp's converter writes Mixtral as architecture ``llama`` with ``llama.expert_count``."""
-    return int(meta.get(f"{arch}.expert_count") or 0)
-
-
 def hf_rope(cfg: dict[str, Any], head_dim: int, params: dict[str, Any] | None = None) -> RopeConfig:
     """transformers < 5 keeps rope_theta / rope_scaling at the top level; 5 nests them in rope_parameters.
     ``params`` picks one entry of a per-layer-type ``rope_parameters`` (Gemma 3)."""

@@ -10,22 +10,13 @@ from typing import Any, Iterator
 
 from mistralrs.engine.formats.checkpoint import ModelFileError, RawTensor
 
-from mistralrs.engine.llama_base.config import ConfigError, LlamaConfig, config_from_gguf, config_from_hf, gguf_expert_count
+from mistralrs.engine.llama_base.config import ConfigError, LlamaConfig, config_from_gguf, config_from_hf
 from mistralrs.engine.llama_base.model import LlamaForCausalLM
 from mistralrs.engine.llama_base.weights import GGUF_BLOCK_NAMES, gguf_weights, hf_weights
 
 TIED = {"lm_head.weight": "model.embed_tokens.weight"}
-# llama.cpp stores Mixtral-style MoE models as GGUF architecture "llama" with "llama.expert_count";
-# such files are handed to the family registered under this name.
-GGUF_MOE_ARCHITECTURE = "mixtral"
 # formats whose checkpoints carry GGUF tensor names and metadata (legacy GGML files are presented so)
 GGUF_LAYOUT_FORMATS = ("gguf", "ggml")
-
-
-def registered_family(name: str) -> Any:
-    from mistralrs.registry import registries
-
-    return registries().architectures.get(name).load()
 
 
 class LlamaFamily:
@@ -34,7 +25,6 @@ class LlamaFamily:
     model_class: type[LlamaForCausalLM] = LlamaForCausalLM
     gguf_block_names: dict[str, str] = GGUF_BLOCK_NAMES
     gguf_unpermute_rope = True  # llama.cpp's converter permutes Q/K rows of llama-arch models
-    moe_in_gguf_llama = False  # True for the family that runs GGUF "llama" files with experts
 
     # --- what a subclass overrides ------------------------------------------------------------
     def config_from_gguf(self, meta: dict[str, Any], arch: str) -> LlamaConfig:
@@ -47,10 +37,7 @@ class LlamaFamily:
     def config(self, ckpt: Any) -> LlamaConfig:
         try:
             if ckpt.format in GGUF_LAYOUT_FORMATS:
-                arch = ckpt.metadata["general.architecture"]
-                if not self.moe_in_gguf_llama and gguf_expert_count(ckpt.metadata, arch):
-                    return registered_family(GGUF_MOE_ARCHITECTURE).config(ckpt)
-                cfg = self.config_from_gguf(ckpt.metadata, arch)
+                cfg = self.config_from_gguf(ckpt.metadata, ckpt.metadata["general.architecture"])
                 if "rope_freqs.weight" in ckpt.tensor_names():
                     cfg.rope.freq_factors = ckpt.tensor("rope_freqs.weight").data.float().tolist()
                 cfg.tie_word_embeddings = "output.weight" not in ckpt.tensor_names()
@@ -61,9 +48,6 @@ class LlamaFamily:
 
     def configure(self, cfg: LlamaConfig, options: Any) -> LlamaConfig:
         """Apply the user's model options (``conf.schema.ModelConfig``) that override the file's."""
-        owner = self.owner(cfg)
-        if owner is not self:
-            return owner.configure(cfg, options)
         window = getattr(options, "sliding_window", None)
         if window is not None:
             if not hasattr(cfg, "sliding_window"):
@@ -75,25 +59,18 @@ class LlamaFamily:
         return cfg
 
     def build(self, cfg: LlamaConfig) -> LlamaForCausalLM:
-        return self.owner(cfg).model_class(cfg)
+        return self.model_class(cfg)
 
     def weights(self, ckpt: Any, cfg: LlamaConfig) -> Iterator[tuple[str, RawTensor]]:
-        owner = self.owner(cfg)
         if ckpt.format in GGUF_LAYOUT_FORMATS:
-            return owner.gguf_weights(ckpt, cfg)
-        return owner.hf_weights(ckpt, cfg)
+            return self.gguf_weights(ckpt, cfg)
+        return self.hf_weights(ckpt, cfg)
 
     def tied(self, cfg: LlamaConfig) -> dict[str, str]:
         """Parameters that alias another one when the checkpoint does not store them."""
         return TIED if cfg.tie_word_embeddings else {}
 
     # --- helpers -------------------------------------------------------------------------------
-    def owner(self, cfg: LlamaConfig) -> "LlamaFamily":
-        """The family that runs ``cfg``: this one, unless it handed the file over (GGUF MoE)."""
-        if cfg.architecture == self.config_class.architecture:
-            return self
-        return registered_family(cfg.architecture)
-
     def gguf_weights(self, ckpt: Any, cfg: LlamaConfig) -> Iterator[tuple[str, RawTensor]]:
         return gguf_weights(ckpt, cfg, self.gguf_unpermute_rope, self.gguf_block_names)
 

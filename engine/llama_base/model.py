@@ -102,9 +102,12 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    """forward(ids, batch, cache) -> final normed hidden states [T, hidden]; logits(hidden) -> [N, vocab]."""
+    """The ``CausalLM`` contract (registry/interfaces.py) for every Llama-shaped family:
+    forward(ids, batch, cache) -> final normed hidden states [T, hidden]; logits(hidden) -> [N, vocab]."""
 
     decoder_layer: type[nn.Module] = LlamaDecoderLayer
+    num_kv_caches = 1
+    adapter_info: dict | None = None  # set by an adapter applied in place (LoRA)
 
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
@@ -139,6 +142,11 @@ class LlamaForCausalLM(nn.Module):
             for layer in self.model.layers:
                 x = layer(x, ropes[layer.rope_index], cache, batch)
         return self.model.norm(x if out is None else out)
+
+    def step(self, input_ids: torch.Tensor, batches: list[AttentionBatch], cache: KVCache, seqs=None) -> torch.Tensor:
+        """The engine's call: one KV cache, so one batch; no per-sequence state."""
+        (batch,) = batches
+        return self(input_ids, batch, cache)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()

@@ -14,12 +14,14 @@ from tqdm import tqdm
 
 from mistralrs.conf.schema import AdapterConfig, ModelConfig, QuantConfig
 from mistralrs.registry import Registries, registries, resolve
+from mistralrs.registry.interfaces import CausalLM, Checkpoint, Family, check
 
 from mistralrs.engine.loading.devices import pick_device, pick_dtype
 from mistralrs.engine.formats.checkpoint import ModelFileError
 from mistralrs.engine.kernels import native_ops
 from mistralrs.engine.layers.linear import Embedding, Linear
-from mistralrs.engine.quant.isq import InSituQuantizer, weight_role
+from mistralrs.engine.layers.weight_roles import weight_role
+from mistralrs.engine.quant.isq import InSituQuantizer
 from mistralrs.engine.quant.weights import dense_from_raw, packed_weight
 from mistralrs.engine.loading.sources import resolve_source
 
@@ -29,11 +31,11 @@ DEFAULT_MAX_SEQ_LEN = 4096
 
 @dataclass
 class LoadedModel:
-    model: nn.Module
+    model: CausalLM
     tokenizer: Any  # engine.tokenizer.TextTokenizer
-    checkpoint: Any
-    family: Any
-    config: Any
+    checkpoint: Checkpoint
+    family: Family
+    config: Any  # the family's parsed config
     device: torch.device
     dtype: torch.dtype
     max_seq_len: int
@@ -51,16 +53,16 @@ def release_freed_heap() -> None:
         trim(0)
 
 
-def open_checkpoint(path: Path, regs: Registries, options: ModelConfig | None = None) -> Any:
-    """``options``: the user's model options, handed to a checkpoint's ``configure(options)`` hook when it has
-    one (legacy GGML files take the hyper-parameters their header lacks from them)."""
+def open_checkpoint(path: Path, regs: Registries, options: ModelConfig | None = None) -> Checkpoint:
+    """``options``: the user's model options, handed to the checkpoint's ``configure`` (legacy GGML
+    files take the hyper-parameters their header lacks from them)."""
     known_types = set(regs.quant_types.names())
     for entry in regs.formats:
         if resolve(entry.spec.detect)(path):
-            ckpt = resolve(entry.spec.open)(path, known_types)
-            configure = getattr(ckpt, "configure", None)
-            if options is not None and configure is not None:
-                configure(options)
+            ckpt = check(resolve(entry.spec.open)(path, known_types), Checkpoint,
+                         f"the {entry.spec.name!r} reader from plugin {entry.plugin!r}")
+            if options is not None:
+                ckpt.configure(options)
             return ckpt
     formats = ", ".join(regs.formats.names())
     if path.is_file() and path.suffix.lower() == ".gguf":  # named like one: say what is wrong with it
@@ -92,13 +94,12 @@ def _packable(model: nn.Module, target: str) -> nn.Module | None:
     return owner if attr == "weight" and isinstance(owner, (Linear, Embedding)) else None
 
 
-def _load_weights(model: nn.Module, family: Any, ckpt: Any, model_cfg: Any, path: Path, arch: str,
+def _load_weights(model: nn.Module, family: Family, ckpt: Checkpoint, model_cfg: Any, path: Path, arch: str,
                   dtype: torch.dtype, device: torch.device, mode: str, quant: Any = None) -> None:
     expected = dict(model.named_parameters())
     tied = family.tied(model_cfg)
     loaded: set[str] = set()
     isq = InSituQuantizer.from_config(quant, device)  # quant=q4_k etc.: float weights -> GGUF blocks
-    release = getattr(ckpt, "release_pages", None)  # memory-mapped files: drop pages once copied
     for target, raw in tqdm(family.weights(ckpt, model_cfg), total=len(ckpt.tensor_names()), desc="loading weights",
                             unit="tensor", disable=None, leave=False):
         param = expected.get(target)
@@ -114,8 +115,7 @@ def _load_weights(model: nn.Module, family: Any, ckpt: Any, model_cfg: Any, path
             layer.set_packed(packed_weight(raw, device, dtype, need_rows=need_rows), dtype)
         else:
             _set_parameter(model, target, dense_from_raw(raw, dtype, device))
-        if release is not None:
-            release([raw.name])
+        ckpt.release_pages([raw.name])  # memory-mapped files: drop each tensor's pages once copied
         loaded.add(target)
     for alias, source in tied.items():
         if alias in loaded:
@@ -145,25 +145,23 @@ def load_model(cfg: ModelConfig, regs: Registries | None = None, quant: QuantCon
     spec = regs.architectures.get(cfg.architecture) if cfg.architecture else None
     if spec is None or (hint.gguf and hint.gguf not in spec.gguf_architectures) or (hint.hf and not set(hint.hf) & set(spec.hf_architectures)):
         spec = regs.architecture_for(gguf=hint.gguf, hf=hint.hf)
+    if hint.gguf:  # e.g. a GGUF "llama" file with experts is Mixtral's, whatever the preset
+        spec = regs.gguf_claimant(hint.gguf, ckpt.metadata) or spec
     family = spec.load()
-    model_cfg = family.config(ckpt)
-    configure = getattr(family, "configure", None)  # user options the file does not decide (model.sliding_window)
-    if configure is not None:
-        model_cfg = configure(model_cfg, cfg)
-    arch_name = family.owner(model_cfg).name if hasattr(family, "owner") else spec.name
+    model_cfg = family.configure(family.config(ckpt), cfg)  # then user options the file does not decide
+    arch_name = family.name
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     if device.type == "cpu":
         native_ops()  # compile/load the kernels now, not inside the first request
 
     with torch.device("meta"):
-        model = family.build(model_cfg)
+        model = check(family.build(model_cfg), CausalLM, f"the module family {arch_name!r} builds")
     _load_weights(model, family, ckpt, model_cfg, path, spec.name, dtype, device, weights_mode(cfg), quant)
-    release = getattr(ckpt, "release_pages", None)  # memory-mapped files: the model holds its own copies now
-    if release is not None:
-        release()  # (each tensor's pages went as it loaded; this takes the pages around them)
+    ckpt.release_pages()  # the model holds its own copies now (this takes the pages around tensors)
     if adapter is not None and adapter.kind != "none":  # may wrap the model (X-LoRA's dual pass)
-        model = resolve(regs.adapters.get(adapter.kind).apply)(model, adapter, device, dtype)
+        applied = resolve(regs.adapters.get(adapter.kind).apply)(model, adapter, device, dtype)
+        model = check(applied, CausalLM, f"the model adapter {adapter.kind!r} returns")
     max_seq_len = cfg.max_seq_len or min(DEFAULT_MAX_SEQ_LEN, model_cfg.max_position_embeddings)
     model.prepare(max_seq_len, device, dtype)
     model.eval()

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from mistralrs.engine.quant.dequant import BLOCK_GEOMETRY, _bits, _bits_of_words, _f16_fields, _k_scale_min, _nibbles
+from mistralrs.engine.quant.dequant import _bits, _bits_of_words, _f16_fields, _k_scale_min, _nibbles
+from mistralrs.registry import registries
 
 GROUP = 32
 AFFINE_TYPES = {"Q4_0": 4, "Q4_1": 4, "Q5_0": 5, "Q5_1": 5, "Q8_0": 8, "Q4_K": 4, "Q5_K": 5}  # -> code bits
@@ -61,7 +62,7 @@ def affine_groups(raw: torch.Tensor, qtype: str, shape: tuple[int, int]) -> Affi
     if qtype not in AFFINE_TYPES:
         raise ValueError(f"{qtype} has no group-32 affine form")
     rows, cols = shape
-    block, size = BLOCK_GEOMETRY[qtype]
+    size = registries().quant_types.get(qtype).type_size
     blocks = raw.reshape(-1).view(torch.uint8).reshape(-1, size)
     if qtype.endswith("_K"):
         codes, scale, zero = _k_quant(blocks, qtype)

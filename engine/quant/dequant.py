@@ -1,5 +1,9 @@
 """Vectorized torch dequantization of GGML/GGUF tensor types.
 
+``dequantize`` reads any type of the quant-type table (the registry's quant types): it checks the
+bytes against the type's block geometry and calls the type's dequantize function, which for the
+built-in types is ``decode_blocks`` below and for a plugin's type the plugin's own.
+
 Results are bit-identical to ``gguf.quants.dequantize`` (gguf-py 0.19): every float
 operation below is the same IEEE float32 operation, in the same order, that gguf-py
 does in numpy. The rules that make this hold:
@@ -24,44 +28,9 @@ from typing import Callable
 
 import torch
 
-__all__ = [
-    "BLOCK_GEOMETRY",
-    "dequantize",
-    "dequantize_f32",
-    "dequantize_f16",
-    "dequantize_bf16",
-    "dequantize_q4_0",
-    "dequantize_q4_1",
-    "dequantize_q5_0",
-    "dequantize_q5_1",
-    "dequantize_q8_0",
-    "dequantize_q2_k",
-    "dequantize_q3_k",
-    "dequantize_q4_k",
-    "dequantize_q5_k",
-    "dequantize_q6_k",
-    "dequantize_q8_k",
-]
+from mistralrs.registry import QuantTypeSpec, registries
 
-QK_K = 256
-
-# name -> (elements per block, bytes per block); same numbers as gguf.GGML_QUANT_SIZES.
-BLOCK_GEOMETRY: dict[str, tuple[int, int]] = {
-    "F32": (1, 4),
-    "F16": (1, 2),
-    "BF16": (1, 2),
-    "Q4_0": (32, 2 + 16),
-    "Q4_1": (32, 2 + 2 + 16),
-    "Q5_0": (32, 2 + 4 + 16),
-    "Q5_1": (32, 2 + 2 + 4 + 16),
-    "Q8_0": (32, 2 + 32),
-    "Q2_K": (QK_K, QK_K // 16 + QK_K // 4 + 2 + 2),
-    "Q3_K": (QK_K, QK_K // 8 + QK_K // 4 + 12 + 2),
-    "Q4_K": (QK_K, 2 + 2 + 12 + QK_K // 2),
-    "Q5_K": (QK_K, 2 + 2 + 12 + QK_K // 8 + QK_K // 2),
-    "Q6_K": (QK_K, QK_K // 2 + QK_K // 4 + QK_K // 16 + 2),
-    "Q8_K": (QK_K, 4 + QK_K + QK_K // 8),
-}
+__all__ = ["decode_blocks", "dequantize"]
 
 # Output elements per chunk (4 MiB of float32): big enough that per-op overhead is
 # noise, small enough that a chunk's few temporaries stay cache-resident. Measured
@@ -268,15 +237,16 @@ def _as_dtype(flat: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def dequantize(raw: torch.Tensor, qtype: str, shape: tuple[int, ...]) -> torch.Tensor:
-    """Decode the bytes of a GGML tensor of type `qtype` into float32 of `shape`.
+    """Decode the bytes of a tensor of type `qtype` (any registered quant type) into float32 of `shape`.
 
     `raw` is read as flat little-endian bytes and never written to; the result is a new
     tensor on raw's device (also for F32, so callers may modify it freely).
     """
-    geometry = BLOCK_GEOMETRY.get(qtype)
-    if geometry is None:
-        raise ValueError(f"unsupported GGML type {qtype!r}; known: {', '.join(BLOCK_GEOMETRY)}")
-    block_size, type_size = geometry
+    types = registries().quant_types
+    spec = types.find(qtype)
+    if spec is None:
+        raise ValueError(f"unsupported GGML type {qtype!r}; known: {', '.join(types.names())}")
+    block_size, type_size = spec.block_size, spec.type_size
     shape = tuple(int(s) for s in shape)
     cols = shape[-1] if shape else 1
     if cols % block_size != 0:
@@ -293,83 +263,32 @@ def dequantize(raw: torch.Tensor, qtype: str, shape: tuple[int, ...]) -> torch.T
             f"{qtype} tensor of shape {shape} needs {n_blocks * type_size} bytes, "
             f"got {flat.numel()}"
         )
+    out = spec.dequantizer()(flat.view(n_blocks, type_size), spec)
+    if out.dtype != torch.float32 or out.numel() != n_blocks * block_size:  # a plugin's function broke the contract
+        raise ValueError(f"{qtype}: its dequantize function returned {out.dtype} {tuple(out.shape)}, "
+                         f"expected float32 ({n_blocks}, {block_size})")
+    return out.reshape(shape)
 
-    if qtype == "F32":
-        return _as_dtype(flat, torch.float32).clone().view(shape)
-    if qtype == "F16":
-        return _widen_f16(_as_dtype(flat, torch.float16)).view(shape)
-    if qtype == "BF16":
+
+def decode_blocks(blocks: torch.Tensor, spec: QuantTypeSpec) -> torch.Tensor:
+    """The built-in types' dequantize function: (n, type_size) uint8 blocks -> (n, block_size) float32."""
+    n_blocks = blocks.shape[0]
+    if spec.name == "F32":
+        return _as_dtype(blocks.reshape(-1), torch.float32).clone().view(n_blocks, 1)
+    if spec.name == "F16":
+        return _widen_f16(_as_dtype(blocks.reshape(-1), torch.float16)).view(n_blocks, 1)
+    if spec.name == "BF16":
         # bf16 -> f32 is exactly "bits << 16" (NaN payloads kept), like gguf-py.
-        return _as_dtype(flat, torch.bfloat16).float().view(shape)
+        return _as_dtype(blocks.reshape(-1), torch.bfloat16).float().view(n_blocks, 1)
 
-    kernel, offset, count = _BLOCK_KERNELS[qtype]
-    blocks = flat.view(n_blocks, type_size)
+    kernel, offset, count = _BLOCK_KERNELS[spec.name]
     if count:
         scales = _f16_fields(blocks, offset, count)
     else:  # Q8_K; a copy of the bytes, so bit-exact and aligned
         scales = blocks[:, 0:4].contiguous().view(torch.float32)
-    out = torch.empty((n_blocks, block_size), dtype=torch.float32, device=flat.device)
-    step = max(1, _CHUNK_ELEMENTS // block_size)
+    out = torch.empty((n_blocks, spec.block_size), dtype=torch.float32, device=blocks.device)
+    step = max(1, _CHUNK_ELEMENTS // spec.block_size)
     for start in range(0, n_blocks, step):
         chunk = slice(start, start + step)
         kernel(blocks[chunk], out[chunk], scales[chunk])
-    return out.view(shape)
-
-
-# One entry point per type, (raw, shape) -> float32 tensor.
-
-
-def dequantize_f32(raw: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    return dequantize(raw, "F32", shape)
-
-
-def dequantize_f16(raw: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    return dequantize(raw, "F16", shape)
-
-
-def dequantize_bf16(raw: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    return dequantize(raw, "BF16", shape)
-
-
-def dequantize_q4_0(raw: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    return dequantize(raw, "Q4_0", shape)
-
-
-def dequantize_q4_1(raw: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    return dequantize(raw, "Q4_1", shape)
-
-
-def dequantize_q5_0(raw: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    return dequantize(raw, "Q5_0", shape)
-
-
-def dequantize_q5_1(raw: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    return dequantize(raw, "Q5_1", shape)
-
-
-def dequantize_q8_0(raw: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    return dequantize(raw, "Q8_0", shape)
-
-
-def dequantize_q2_k(raw: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    return dequantize(raw, "Q2_K", shape)
-
-
-def dequantize_q3_k(raw: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    return dequantize(raw, "Q3_K", shape)
-
-
-def dequantize_q4_k(raw: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    return dequantize(raw, "Q4_K", shape)
-
-
-def dequantize_q5_k(raw: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    return dequantize(raw, "Q5_K", shape)
-
-
-def dequantize_q6_k(raw: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    return dequantize(raw, "Q6_K", shape)
-
-
-def dequantize_q8_k(raw: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    return dequantize(raw, "Q8_K", shape)
+    return out

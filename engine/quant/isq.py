@@ -30,41 +30,21 @@ import torch
 from mistralrs.engine.formats.checkpoint import RawTensor
 from mistralrs.engine.quant.dequant import dequantize
 from mistralrs.engine.quant.quantize import quantize, single_threaded
-from mistralrs.engine.quant.quantize_types import BLOCK_SIZE, isq_target_type, resolve_isq_type
+from mistralrs.engine.quant.quantize_types import isq_target_type, isq_types, resolve_isq_type
 from mistralrs.engine.quant.weights import FLOAT_TYPES
+from mistralrs.registry import registries
 
 log = logging.getLogger(__name__)
-HEAD_NAMES = ("lm_head", "output", "embed_out")  # module names of output heads
-
-
-def weight_role(model: torch.nn.Module, target: str, tied: dict[str, str]) -> str:
-    """What a parameter is, for ISQ: ``linear``, ``embedding`` (token embeddings, output head, or
-    either of a tied pair), ``router`` (an MoE gate) or ``other`` (norms, biases, ...)."""
-    from mistralrs.engine.layers.linear import Embedding, Linear
-    from mistralrs.engine.layers.moe import SparseMoE
-
-    owner_name, _, attr = target.rpartition(".")
-    owner = model.get_submodule(owner_name) if owner_name else model
-    if attr != "weight" or not isinstance(owner, (Linear, Embedding)):
-        return "other"
-    if isinstance(owner, Embedding) or target in tied or target in tied.values():
-        return "embedding"
-    parent_name, _, leaf = owner_name.rpartition(".")
-    if leaf in HEAD_NAMES:
-        return "embedding"
-    parent = model.get_submodule(parent_name) if parent_name else model
-    if isinstance(parent, SparseMoE) and owner is parent.gate:
-        return "router"
-    return "linear"
 
 
 class InSituQuantizer:
     """Quantizes the loader's float weights to one GGML type (with llama.cpp's fallbacks)."""
 
     def __init__(self, qtype: str, *, embeddings: bool = False, device: torch.device | None = None):
-        if qtype not in BLOCK_SIZE:
+        if qtype not in isq_types():
             raise ValueError(f"in-situ quantization cannot produce {qtype!r}")
         self.qtype = qtype
+        self.block_size = registries().quant_types.get(qtype).block_size
         self.embeddings = embeddings
         # Quantize where the weights will live when that is an accelerator (much faster there).
         self.work_device = device if device is not None and device.type == "cuda" else torch.device("cpu")
@@ -100,7 +80,7 @@ class InSituQuantizer:
         if qtype is None:
             self.counts[f"{raw.qtype} (kept float, no fitting type)"] += 1
             log.info("ISQ: %s kept %s: rows of %d are not a multiple of %d (%s) nor of its fallback's block",
-                     target, raw.qtype, cols, BLOCK_SIZE[self.qtype], self.qtype)
+                     target, raw.qtype, cols, self.block_size, self.qtype)
             return raw
         if raw.qtype not in FLOAT_TYPES and not self.requantized:
             self.requantized = True
@@ -121,7 +101,7 @@ class InSituQuantizer:
         elif qtype != self.qtype:
             self.counts[f"{qtype} (fallback)"] += 1
             log.info("ISQ: %s [%d x %d] -> %s: rows of %d are not a multiple of %d (%s); llama.cpp's fallback",
-                     target, rows, cols, qtype, cols, BLOCK_SIZE[self.qtype], self.qtype)
+                     target, rows, cols, qtype, cols, self.block_size, self.qtype)
         else:
             self.counts[qtype] += 1
             log.info("ISQ: %s [%d x %d] -> %s", target, rows, cols, qtype)

@@ -18,20 +18,22 @@ on the same operands in the same order:
 * the float -> integer cast follows numpy on x86 (the value's low byte when it fits int32, 0 for
   NaN/inf/out of range), which only matters for blocks whose scale underflows (|x| < ~1e-38).
 
-The K-types are in quantize_k.py. Work is chunked so temporaries stay small whatever the tensor.
+The K-types are in quantize_k.py; ``quantize`` finds any type's block quantizer, a plugin's too,
+in the quant-type table. Work is chunked so temporaries stay small whatever the tensor.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 
-from mistralrs.engine.quant.dequant import BLOCK_GEOMETRY
+from mistralrs.engine.quant.block_packing import f16_bytes, high_bits_words, pack_nibbles
+from mistralrs.registry import registries
 
-__all__ = ["QUANTIZERS", "quantize", "single_threaded"]
+__all__ = ["quantize", "single_threaded"]
 
 # Input elements per chunk: big enough that per-op overhead is noise, small enough that the
 # temporaries stay cache-friendly. The K-quant searches hold ~20 trials of every element at once.
@@ -40,30 +42,6 @@ _K_CHUNK_ELEMENTS = 1 << 14
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def f16_bytes(d: torch.Tensor) -> torch.Tensor:
-    """float32 (n, k) -> the little-endian bytes (n, 2k) of its float16 rounding."""
-    return d.to(torch.float16).contiguous().view(torch.uint8)
-
-
-def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
-    """(..., 2, k) codes < 16 -> (..., k) bytes: first half in the low nibbles."""
-    return q[..., 0, :] | (q[..., 1, :] << 4)
-
-
-def pack_fields(q: torch.Tensor, step: int) -> torch.Tensor:
-    """(..., m, k) small codes -> (..., k) bytes holding field j at bit j * step."""
-    out = q[..., 0, :].clone()
-    for j in range(1, q.shape[-2]):
-        out |= q[..., j, :] << (j * step)
-    return out
-
-
-def high_bits_words(q: torch.Tensor) -> torch.Tensor:
-    """(n, 32) 5-bit codes -> (n, 4) bytes of a little-endian uint32 holding bit 4 of code i at bit i."""
-    bits = (q >> 4).view(q.shape[0], 4, 8).transpose(1, 2)  # (n, bit j, byte b) = code 8b + j
-    return pack_fields(bits, 1)
 
 
 def numpy_cast_u8(v: torch.Tensor) -> torch.Tensor:
@@ -88,7 +66,8 @@ def _inverse(d: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------- block kernels
-# Each takes (n, 32) float32 blocks and returns (n, type_size) uint8 blocks.
+# Each takes (n, 32) float32 blocks and returns (n, type_size) uint8 blocks; the quant-type table
+# (engine/quant/plugin.py) names them as its types' quantizers.
 
 
 def _signed_extreme(x: torch.Tensor) -> torch.Tensor:
@@ -96,13 +75,13 @@ def _signed_extreme(x: torch.Tensor) -> torch.Tensor:
     return x.gather(-1, x.abs().argmax(dim=-1, keepdim=True))
 
 
-def _q4_0(x: torch.Tensor) -> torch.Tensor:
+def quantize_q4_0_blocks(x: torch.Tensor) -> torch.Tensor:
     d = _signed_extreme(x) / -8
     q = numpy_cast_u8(x * _inverse(d) + 8.5).clamp_(max=15)
     return torch.cat([f16_bytes(d), pack_nibbles(q.view(-1, 2, 16))], dim=1)
 
 
-def _q4_1(x: torch.Tensor) -> torch.Tensor:
+def quantize_q4_1_blocks(x: torch.Tensor) -> torch.Tensor:
     mx = x.amax(dim=-1, keepdim=True)
     mn = x.amin(dim=-1, keepdim=True)
     d = (mx - mn) / 15
@@ -110,14 +89,14 @@ def _q4_1(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([f16_bytes(d), f16_bytes(mn), pack_nibbles(q.view(-1, 2, 16))], dim=1)
 
 
-def _q5_0(x: torch.Tensor) -> torch.Tensor:
+def quantize_q5_0_blocks(x: torch.Tensor) -> torch.Tensor:
     d = _signed_extreme(x) / -16
     q = numpy_cast_u8(x * _inverse(d) + 16.5).clamp_(max=31)
     qs = pack_nibbles((q & 0x0F).view(-1, 2, 16))
     return torch.cat([f16_bytes(d), high_bits_words(q), qs], dim=1)
 
 
-def _q5_1(x: torch.Tensor) -> torch.Tensor:
+def quantize_q5_1_blocks(x: torch.Tensor) -> torch.Tensor:
     mx = x.amax(dim=-1, keepdim=True)
     mn = x.amin(dim=-1, keepdim=True)
     d = (mx - mn) / 31
@@ -126,33 +105,10 @@ def _q5_1(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([f16_bytes(d), f16_bytes(mn), high_bits_words(q), qs], dim=1)
 
 
-def _q8_0(x: torch.Tensor) -> torch.Tensor:
+def quantize_q8_0_blocks(x: torch.Tensor) -> torch.Tensor:
     d = x.abs().amax(dim=-1, keepdim=True) / 127
     q = numpy_cast_u8(numpy_roundf(x * _inverse(d)))  # int8 codes as their two's-complement bytes
     return torch.cat([f16_bytes(d), q], dim=1)
-
-
-def _k_quantizer(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    def run(x: torch.Tensor) -> torch.Tensor:
-        from mistralrs.engine.quant import quantize_k
-
-        return getattr(quantize_k, name)(x)
-
-    return run
-
-
-QUANTIZERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "Q4_0": _q4_0,
-    "Q4_1": _q4_1,
-    "Q5_0": _q5_0,
-    "Q5_1": _q5_1,
-    "Q8_0": _q8_0,
-    "Q2_K": _k_quantizer("quantize_q2_k_blocks"),
-    "Q3_K": _k_quantizer("quantize_q3_k_blocks"),
-    "Q4_K": _k_quantizer("quantize_q4_k_blocks"),
-    "Q5_K": _k_quantizer("quantize_q5_k_blocks"),
-    "Q6_K": _k_quantizer("quantize_q6_k_blocks"),
-}
 
 
 # ------------------------------------------------------------------------ driver
@@ -164,10 +120,13 @@ def quantize(x: torch.Tensor, qtype: str) -> torch.Tensor:
     The last dimension must be a multiple of the type's block size. Works on x's device; x is
     read in float32 (F16/BF16 widen exactly) and never modified.
     """
-    kernel = QUANTIZERS.get(qtype)
+    types = registries().quant_types
+    spec = types.find(qtype)
+    kernel = None if spec is None else spec.quantizer()
     if kernel is None:
-        raise ValueError(f"cannot quantize to {qtype!r}; supported: {', '.join(QUANTIZERS)}")
-    block_size, type_size = BLOCK_GEOMETRY[qtype]
+        supported = ", ".join(e.spec.name for e in types if e.spec.quantize is not None)
+        raise ValueError(f"cannot quantize to {qtype!r}; supported: {supported}")
+    block_size, type_size = spec.block_size, spec.type_size
     cols = x.shape[-1] if x.dim() else 1
     if cols % block_size != 0:
         raise ValueError(f"{qtype}: last dimension {cols} of shape {tuple(x.shape)} is not a multiple "

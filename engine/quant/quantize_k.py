@@ -37,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mistralrs.engine.quant.quantize import pack_fields, pack_nibbles
+from mistralrs.engine.quant.block_packing import pack_fields, pack_nibbles
 
 __all__ = [
     "quantize_q2_k_blocks",

@@ -1,12 +1,12 @@
 """Which GGML types in-situ quantization (ISQ) can produce, and how ``quant=...`` names map to them.
 
-Torch-free, so that registering the Hydra presets (plugin.py) stays cheap.
+Torch-free, so that resolving ``quant=...`` while composing the configuration stays cheap. The types
+and their block sizes come from the quant-type table (the registry's quant types).
 """
 
 from __future__ import annotations
 
-# Types the torch quantizers in quantize.py / quantize_k.py write.
-ISQ_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+from mistralrs.registry import registries
 
 # ``quant=4`` etc.: the K-type of that width, as mistral.rs's ``--isq 4`` does; 8 has no K-type
 # for weights (Q8_K is only an intermediate), so it is Q8_0.
@@ -19,8 +19,14 @@ ISQ_BY_BITS = {2: "Q2_K", 3: "Q3_K", 4: "Q4_K", 5: "Q5_K", 6: "Q6_K", 8: "Q8_0"}
 # Q6_K -> Q8_0 (IQ* types -> IQ4_NL, which we do not have).
 LLAMA_CPP_FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 
-BLOCK_SIZE = {"Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32, "Q8_0": 32,
-              "Q2_K": 256, "Q3_K": 256, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256}
+
+def isq_types() -> tuple[str, ...]:
+    """The types in-situ quantization can produce: every registered quant type with a quantizer."""
+    return tuple(e.spec.name for e in registries().quant_types if e.spec.quantize is not None)
+
+
+def _block_size(qtype: str) -> int:
+    return registries().quant_types.get(qtype).block_size
 
 
 def resolve_isq_type(name: object) -> str | None:
@@ -43,9 +49,10 @@ def resolve_isq_type(name: object) -> str | None:
     upper = text.upper()
     if upper.endswith("K") and not upper.endswith("_K"):  # q4k -> Q4_K (mistral.rs spells it Q4K)
         upper = upper[:-1] + "_K"
-    if upper not in ISQ_TYPES:
+    known = isq_types()
+    if upper not in known:
         raise ValueError(f"quant={text}: unknown quantization type; known: none, "
-                         f"{', '.join(t.lower() for t in ISQ_TYPES)}, or a width "
+                         f"{', '.join(t.lower() for t in known)}, or a width "
                          f"{'|'.join(str(b) for b in ISQ_BY_BITS)}")
     return upper
 
@@ -53,10 +60,10 @@ def resolve_isq_type(name: object) -> str | None:
 def isq_target_type(qtype: str, cols: int) -> str | None:
     """The type a tensor with rows of ``cols`` elements gets when ``qtype`` is asked for: ``qtype``
     itself, llama.cpp's fallback when the rows do not split into its blocks, or None (stay float)."""
-    if cols % BLOCK_SIZE[qtype] == 0:
+    if cols % _block_size(qtype) == 0:
         return qtype
     fallback = LLAMA_CPP_FALLBACK.get(qtype)
-    if fallback is not None and cols % BLOCK_SIZE[fallback] == 0:
+    if fallback is not None and cols % _block_size(fallback) == 0:
         return fallback
     return None
 

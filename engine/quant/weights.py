@@ -20,9 +20,10 @@ import torch.nn.functional as F
 
 from mistralrs.engine.formats.checkpoint import RawTensor
 from mistralrs.engine.quant.affine import AFFINE_TYPES, affine_groups
-from mistralrs.engine.quant.dequant import BLOCK_GEOMETRY, dequantize
+from mistralrs.engine.quant.dequant import dequantize
 from mistralrs.engine.quant.int4_planes import Int4PlanesWeight, row_decode_supported
-from mistralrs.engine.kernels import NATIVE_TYPES, native_ops
+from mistralrs.engine.kernels import native_ops
+from mistralrs.registry import registries
 
 NATIVE_MAX_ROWS = 16  # activations rows up to which the C++ kernel beats dequantize + BLAS
 
@@ -61,8 +62,8 @@ class BlockWeight:
         # On CPU the blocks may stay a view of the memory-mapped file: zero-copy, pages shared.
         self.raw = data.to(device).clone() if copy else data.contiguous()
         self.compute_dtype = compute_dtype
-        block, size = BLOCK_GEOMETRY[self.qtype]
-        self.row_bytes = self.shape[1] // block * size
+        spec = registries().quant_types.get(self.qtype)
+        self.row_bytes = self.shape[1] // spec.block_size * spec.type_size
 
     def dense(self) -> torch.Tensor:
         return dequantize(self.raw, self.qtype, self.shape).to(self.compute_dtype)
@@ -86,7 +87,7 @@ class RepackedWeight:
 
     def __init__(self, raw: RawTensor, ops) -> None:
         self.qtype, self.shape = raw.qtype, tuple(raw.shape)
-        self.ops, self.type_id = ops, NATIVE_TYPES[raw.qtype]
+        self.ops, self.type_id = ops, registries().quant_types.get(raw.qtype).ggml_type
         # reads the (possibly memory-mapped) blocks once; the file's pages are not kept
         self.packed = ops.quant_repack(raw.data.reshape(-1).view(torch.uint8).contiguous(), self.type_id, *self.shape)
 
@@ -146,13 +147,15 @@ def dense_from_raw(raw: RawTensor, dtype: torch.dtype, device: torch.device) -> 
 
 
 def packed_weight(raw: RawTensor, device: torch.device, compute_dtype: torch.dtype, *, need_rows: bool = False):
-    """The compact, fast form of a 2-D checkpoint weight for ``device``."""
+    """The compact, fast form of a 2-D checkpoint weight for ``device``. A type the C++ kernels do not
+    handle (``native`` false in the quant-type table, e.g. a plugin's) is dequantized once on CPU."""
     rows, cols = raw.shape
     if raw.qtype in FLOAT_TYPES:
         return DenseWeight(dense_from_raw(raw, compute_dtype, device))
     if device.type == "cpu":
-        ops = native_ops() if raw.qtype in NATIVE_TYPES else None
-        if ops is not None and cols % BLOCK_GEOMETRY[raw.qtype][0] == 0:
+        spec = registries().quant_types.get(raw.qtype)
+        ops = native_ops() if spec.native else None
+        if ops is not None and cols % spec.block_size == 0:
             return RepackedWeight(raw, ops)
         if (raw.qtype in AFFINE_TYPES and Int4PlanesWeight.supports(rows, cols)
                 and (not need_rows or row_decode_supported())):

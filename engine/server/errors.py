@@ -16,7 +16,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException
 
 from mistralrs.engine.core.async_engine import EngineClosed
-from mistralrs.engine.core.llm_engine import ContextLengthExceeded
+from mistralrs.engine.core.context_policy import ContextLengthExceeded
 from mistralrs.engine.core.sampler import InvalidSamplingParam
 from mistralrs.engine.core.scheduler import QueueFull
 from mistralrs.engine.tokenizer.chat_template import ChatTemplateError
@@ -58,12 +58,14 @@ def engine_errors(prompt_param: str, param_names: dict[str, str] | None = None,
                   retry_after: int = 1) -> Iterator[None]:
     """Turn the engine's refusals into API errors. ``param_names`` maps SamplingParams field names
     to the request's own (e.g. ``logprobs`` -> ``top_logprobs`` for chat)."""
+    names = param_names or {}
     try:
         yield
     except InvalidSamplingParam as exc:
-        raise invalid(str(exc), (param_names or {}).get(exc.param, exc.param)) from None
+        raise invalid(str(exc), names.get(exc.param, exc.param)) from None
     except ContextLengthExceeded as exc:
-        raise invalid(str(exc), prompt_param, "context_length_exceeded") from None
+        message = exc.naming(names.get("max_tokens", "max_tokens"))
+        raise invalid(message, prompt_param, "context_length_exceeded") from None
     except QueueFull as exc:
         raise APIError(503, f"the server is busy: {exc}; retry later", code="queue_full",
                        headers={"Retry-After": str(retry_after)}) from None

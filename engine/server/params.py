@@ -1,8 +1,8 @@
 """OpenAI request fields -> the engine's SamplingParams, with the server's size limits.
 
 Fields a request omits take the server's ``sampling.*`` settings, as llama-server's ``--temp``/``-n``
-do: ``temperature``, ``top_p``, ``top_k``, ``min_p`` and ``max_tokens`` (256 by default, capped by
-the room left in the context). The rest follow OpenAI: n 1, no penalties, no stop sequences.
+do: ``temperature``, ``top_p``, ``top_k``, ``min_p`` and ``max_tokens`` (capped by the room left in
+the context). The rest follow OpenAI: n 1, no penalties, no stop sequences.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from mistralrs.conf.schema import SamplingConfig, ServeConfig
+from mistralrs.engine.core.context_policy import completion_budget
 from mistralrs.engine.core.sampler import SamplingParams
 
 from mistralrs.engine.server.errors import invalid
@@ -63,22 +64,10 @@ def base_params(req: SamplingFields, cfg: ServeConfig, defaults: SamplingConfig,
 
 
 def for_prompt(base: SamplingParams, prompt_len: int, requested: int | None, *, max_seq_len: int,
-               default_max_tokens: int, max_tokens_param: str, prompt_param: str) -> SamplingParams:
-    """``base`` with the max_tokens this prompt gets; a context overflow is a 400 in OpenAI's words."""
-    room = max_seq_len - prompt_len
-    if requested is None:
-        if room < 1:
-            raise invalid(f"this model's maximum context length is {max_seq_len} tokens, but the prompt has "
-                          f"{prompt_len} tokens, leaving no room for a completion", prompt_param,
-                          "context_length_exceeded")
-        max_tokens = min(room, default_max_tokens)
-    else:
-        if requested < 1:
-            raise invalid(f"{max_tokens_param} must be >= 1, got {requested}", max_tokens_param)
-        if prompt_len + requested > max_seq_len:
-            raise invalid(f"this model's maximum context length is {max_seq_len} tokens; you requested "
-                          f"{prompt_len + requested} tokens ({prompt_len} in the prompt, {requested} for the "
-                          f"completion). Please shorten the prompt or reduce {max_tokens_param}.",
-                          prompt_param, "context_length_exceeded")
-        max_tokens = requested
-    return dataclasses.replace(base, max_tokens=max_tokens)
+               default_max_tokens: int, max_tokens_param: str) -> SamplingParams:
+    """``base`` with the max_tokens this prompt gets (see context_policy.py: the engine refuses a
+    context overflow when the request is added, and ``engine_errors`` makes that OpenAI's 400)."""
+    if requested is not None and requested < 1:
+        raise invalid(f"{max_tokens_param} must be >= 1, got {requested}", max_tokens_param)
+    return dataclasses.replace(base, max_tokens=completion_budget(prompt_len, max_seq_len, requested,
+                                                                  default_max_tokens))

@@ -44,8 +44,7 @@ async def chat_completions(request: Request) -> Response:
         base.validate(server.vocab_size)
         prompt_ids = await asyncio.to_thread(server.llm.chat_prompt_ids, req.messages)
         params = for_prompt(base, len(prompt_ids), max_tokens, max_seq_len=server.max_seq_len,
-                            default_max_tokens=server.sampling_defaults.max_tokens, max_tokens_param=max_param,
-                            prompt_param="messages")
+                            default_max_tokens=server.sampling_defaults.max_tokens, max_tokens_param=max_param)
         gens = [server.engine.generate(prompt_ids, params)]
         firsts = await until_disconnect(request, start_all(gens))
 

@@ -88,8 +88,8 @@ async def completions(request: Request) -> Response:
             raise invalid(f"{len(prompts)} prompts x n={n} sequences exceed the server's queue capacity "
                           f"({server.max_waiting}, engine.max_waiting)", "n" if n > 1 else "prompt")
         params = [for_prompt(base, len(p.ids), max_tokens, max_seq_len=server.max_seq_len,
-                             default_max_tokens=server.sampling_defaults.max_tokens, max_tokens_param="max_tokens",
-                             prompt_param="prompt") for p in prompts]
+                             default_max_tokens=server.sampling_defaults.max_tokens, max_tokens_param="max_tokens")
+                  for p in prompts]
         gens = [server.engine.generate(p.ids, sp) for p, sp in zip(prompts, params)]
         firsts = await until_disconnect(request, start_all(gens))
 

@@ -1,7 +1,7 @@
 """The Mixtral family plugin: Mistral with a sparse mixture-of-experts MLP.
 
 llama.cpp writes Mixtral GGUF files as ``general.architecture = llama`` with ``llama.expert_count``;
-the Llama and Mistral families hand such files to this one.
+this family claims such files (``gguf_claim``) whichever preset loads them.
 """
 
 from mistralrs.conf.schema import ModelConfig
@@ -16,7 +16,14 @@ def register_architectures(register):
         gguf_architectures=("llama",),
         hf_architectures=("MixtralForCausalLM",),
         description="Mixtral: Mistral with top-k routed experts (sparse MoE)",
+        gguf_claim="mistralrs.plugins.mixtral:has_experts",
     ))
+
+
+def has_experts(metadata: dict) -> bool:
+    """A GGUF file whose architecture declares an expert count is a mixture of experts."""
+    arch = metadata.get("general.architecture")
+    return int(metadata.get(f"{arch}.expert_count") or 0) > 0
 
 
 @hookimpl

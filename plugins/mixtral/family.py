@@ -16,7 +16,6 @@ class MixtralFamily(MistralFamily):
     name = "mixtral"
     config_class = MixtralConfig
     model_class = MixtralForCausalLM
-    moe_in_gguf_llama = True
 
     def config_from_gguf(self, meta: dict[str, Any], arch: str) -> MixtralConfig:
         return mixtral_config_from_gguf(meta, arch)

@@ -15,13 +15,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mistralrs.engine.core.batch import AttentionBatch, kept_rows, leading_tokens_batch
+from mistralrs.engine.core.batch import AttentionBatch
+
+from mistralrs.plugins.xlora.scaling_batch import kept_rows, leading_tokens_batch
 
 from mistralrs.plugins.xlora.classifier import XLoraClassifier
 from mistralrs.plugins.xlora.mixer import ScalingMixer
 
 
 class XLoraModel(nn.Module):
+    """The ``CausalLM`` contract (registry/interfaces.py) over a base model's."""
+
     num_kv_caches = 2  # 0: scaling pass, 1: main pass
 
     def __init__(self, base: nn.Module, classifier: XLoraClassifier, mixer: ScalingMixer,
@@ -48,6 +52,9 @@ class XLoraModel(nn.Module):
         return self.base.logits(hidden)
 
     # -- the two passes --------------------------------------------------------------------------
+    def step(self, input_ids: torch.Tensor, batches: list[AttentionBatch], cache, seqs=None) -> torch.Tensor:
+        return self(input_ids, batches, cache, seqs)
+
     def forward(self, input_ids: torch.Tensor, batches: list[AttentionBatch], cache, seqs=None) -> torch.Tensor:
         scaling_batch, main_batch = batches
         if self.non_granular is None or seqs is None:
