@@ -127,6 +127,9 @@ class BenchConfig:
     repeats: int = 3
     warmup: int = 1
     streams: list[int] = field(default_factory=lambda: [1, 4, 16])  # served mode
+    # engine mode: also decode under a grammar and report constrained vs free tok/s, alternating runs.
+    # none | json (a JSON schema: an array of at least 40 objects, so it outlasts decode_tokens)
+    grammar: str = "none"
     output: Optional[str] = None  # JSONL file to append a result row to (multirun: the sweep dir)
     # peer engines run on the same GGUF file, prompt and thread count. engine mode: "llama.cpp"
     # (llama-cpp-python), "llama-bench" (llama.cpp's binary), "mistral.rs"; served mode: "llama-server"

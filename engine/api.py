@@ -31,6 +31,14 @@ _SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
 
 
 def sampling_from(defaults: Any, overrides: dict[str, Any]) -> SamplingParams:
+    """``overrides``: SamplingParams fields, plus ``response_format`` (OpenAI's shape) or
+    ``structured_outputs`` (vLLM's) to constrain the output (engine/structured/request_formats.py)."""
+    overrides = dict(overrides)
+    formats = {key: overrides.pop(key) for key in ("response_format", "structured_outputs") if key in overrides}
+    if formats:
+        from mistralrs.engine.structured.request_formats import grammar_for_request
+
+        overrides["grammar"] = grammar_for_request(**formats)
     unknown = set(overrides) - _SAMPLING_FIELDS
     if unknown:
         raise TypeError(f"unknown sampling parameter(s): {', '.join(sorted(unknown))}")

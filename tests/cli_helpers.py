@@ -13,5 +13,5 @@ def run_cli(*args: str, cwd: Path | None = None, extra_path: Path | None = None,
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     if extra_path is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(extra_path), env.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", "mistralrs.engine.cli.main", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "mistralrs.engine.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout, input=input)

@@ -22,7 +22,7 @@ class ServerProcess:
     def __init__(self, *args: str, cwd: Path | None = None, startup_timeout: float = 120):
         env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
         self.args = args
-        self.proc = subprocess.Popen([sys.executable, "-m", "mistralrs.engine.cli.main", *args, "serve.port=0"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "mistralrs.engine.cli", *args, "serve.port=0"],
                                      cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
         self.stderr_lines: list[str] = []

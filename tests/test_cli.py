@@ -80,6 +80,19 @@ def test_bench_multirun_writes_one_row_per_job(tiny_dir, tmp_path):
     assert "decode" in result.stdout
 
 
+def test_bench_grammar_reports_constrained_against_free_decoding(tiny_dir, tmp_path):
+    out = tmp_path / "rows.jsonl"
+    result = run_cli("task=bench", "model=llama", f"model.source={tiny_dir}", "model.dtype=float32",
+                     "bench.prompt_tokens=16", "bench.decode_tokens=24", "bench.repeats=1", "bench.warmup=0",
+                     "bench.grammar=json", f"bench.output={out}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    row = json.loads(out.read_text())
+    assert row["grammar"] == "json" and row["constrained_decode_tok_s"] > 0 and row["constrained_vs_free"] > 0
+    assert "under the json grammar" in result.stdout
+    bad = run_cli("task=bench", "model=llama", f"model.source={tiny_dir}", "bench.grammar=xml", cwd=tmp_path)
+    assert bad.returncode == 2 and "bench.grammar" in bad.stderr
+
+
 def test_help_lists_groups():
     result = run_cli("--help")
     assert result.returncode == 0
@@ -145,7 +158,7 @@ def test_interactive_chat_in_a_terminal_ctrl_c_stops_the_reply(tmp_path, tmp_pat
     model = tmp_path_factory.mktemp("chat-pty") / "llama"
     make_tiny_llama(model, max_position_embeddings=2048)
     leader, follower = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "mistralrs.engine.cli.main", "task=chat", "model=llama",
+    proc = subprocess.Popen([sys.executable, "-m", "mistralrs.engine.cli", "task=chat", "model=llama",
                              f"model.source={model}", "sampling.max_tokens=2000", "sampling.ignore_eos=true",
                              "engine.threads=1"], stdin=follower, stdout=follower, stderr=follower, cwd=tmp_path,
                             env=dict(os.environ, HF_HUB_OFFLINE="1"), preexec_fn=_own_terminal)

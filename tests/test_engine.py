@@ -158,3 +158,46 @@ def test_a_sequence_that_breaks_the_step_fails_alone(llm, monkeypatch):
     for i in (0, 2):
         assert [e.token for e in events[i]] == alone[i] and events[i][-1].finish_reason == "length"
     assert engine.pool.stats().free == engine.pool.num_blocks  # the failed sequence's blocks came back
+
+
+def _constrained_texts(llm, engine: LLMEngine, params: SamplingParams, n_prompts: int) -> list[str]:
+    texts: dict[tuple[int, int], str] = {}
+    seqs = []
+    for i, ids in enumerate(prompts(n_prompts)):
+        seqs += engine.add_request(ids, params, lambda ev, i=i: texts.__setitem__(
+            (i, ev.index), texts.get((i, ev.index), "") + ev.text))
+    engine.run_until_done(seqs)
+    assert all(s.finish_reason == "stop" for s in seqs), [s.finish_reason for s in seqs]
+    return list(texts.values())
+
+
+def test_constrained_and_free_sequences_share_batches_through_preemption(llm):
+    """A grammar per sequence (n=2 each), sampled at temperature 1 beside free sequences on a cache
+    small enough to preempt: every constrained output is a full match, free ones run to length."""
+    import re
+
+    from mistralrs.engine.structured import compile_regex
+
+    pattern = r"[a-z]{3,6}-[0-9]{2,4}"
+    constrained = SamplingParams(max_tokens=64, temperature=1.0, seed=5, n=2, grammar=compile_regex(pattern))
+    free = SamplingParams(max_tokens=24, temperature=1.0, seed=9, ignore_eos=True)
+    engine = make_engine(llm, max_seqs=8, block_size=4, kv_cache_tokens=96)
+    free_tokens: dict[int, list[int]] = {}
+    free_seqs = []
+    for i, ids in enumerate(prompts(3, length=30)):
+        free_seqs += engine.add_request(ids, free, lambda ev, i=i: free_tokens.setdefault(i, []).append(ev.token))
+    texts = _constrained_texts(llm, engine, constrained, 4)
+    engine.run_until_done(free_seqs)
+    assert len(texts) == 8 and all(re.fullmatch(pattern, t) for t in texts), texts
+    assert [len(free_tokens[i]) for i in range(3)] == [24, 24, 24]
+    assert engine.scheduler.preemptions > 0
+    assert engine.pool.stats().free == engine.pool.num_blocks
+
+
+def test_a_finished_grammar_ends_the_sequence_with_stop(llm):
+    from mistralrs.engine.structured import compile_choice
+
+    engine = make_engine(llm)
+    params = SamplingParams(max_tokens=50, temperature=1.0, seed=1, ignore_eos=True,
+                            grammar=compile_choice(["alpha", "beta"]))
+    assert set(_constrained_texts(llm, engine, params, 6)) <= {"alpha", "beta"}

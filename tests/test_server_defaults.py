@@ -48,12 +48,16 @@ def test_a_request_field_overrides_the_server_setting(server):
 
 
 @pytest.mark.parametrize("kwargs, param", [
-    (dict(response_format={"type": "json_object"}), "response_format"),
-    (dict(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}),
-     "response_format"),
     (dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]), "tools"),
     (dict(tool_choice="required"), "tool_choice"),
     (dict(extra_body={"functions": [{"name": "f"}]}), "functions"),
+    (dict(modalities=["text", "audio"]), "modalities"),
+    (dict(audio={"voice": "alloy", "format": "wav"}), "audio"),
+    (dict(prediction={"type": "content", "content": "x"}), "prediction"),
+    (dict(store=True), "store"),
+    (dict(reasoning_effort="high"), "reasoning_effort"),
+    (dict(extra_body={"web_search_options": {}}), "web_search_options"),
+    (dict(service_tier="priority"), "service_tier"),
 ])
 def test_unsupported_openai_features_are_refused_not_ignored(server, kwargs, param):
     import openai
@@ -68,7 +72,9 @@ def test_unsupported_openai_features_are_refused_not_ignored(server, kwargs, par
 
 def test_plain_text_response_format_and_no_tools_are_accepted(server):
     r = server.client().chat.completions.create(model="llama", messages=[{"role": "user", "content": "hi"}],
-                                                max_tokens=2, response_format={"type": "text"}, tool_choice="none")
+                                                max_tokens=2, response_format={"type": "text"}, tool_choice="none",
+                                                modalities=["text"], store=False, service_tier="auto", user="u1",
+                                                metadata={"k": "v"}, parallel_tool_calls=False)
     assert r.choices[0].finish_reason in ("stop", "length")
 
 

@@ -89,7 +89,7 @@ def _wait_ready(server: ServerProcess, timeout: float) -> None:
 
 def start_ours(overrides: list[str], model_name: str, log_dir: Path, timeout: float = 900) -> ServerProcess:
     port = free_port()
-    cmd = [sys.executable, "-m", "mistralrs.engine.cli.main", *overrides, "task=serve", "serve.host=127.0.0.1",
+    cmd = [sys.executable, "-m", "mistralrs.engine.cli", *overrides, "task=serve", "serve.host=127.0.0.1",
            f"serve.port={port}"]
     log_path = log_dir / "mistralrs-server.log"
     proc = subprocess.Popen(cmd, stdout=log_path.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

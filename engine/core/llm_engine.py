@@ -113,10 +113,21 @@ class LLMEngine:
             seqs.append(Sequence(list(prompt_ids), params, emit, index=i,
                                  detokenizer=IncrementalDetokenizer(self.tokenizer, prompt_ids=prompt_ids),
                                  generator=make_generator(seed, self.loaded.device),
-                                 block_tables=[[] for _ in range(self.num_caches)]))
+                                 block_tables=[[] for _ in range(self.num_caches)],
+                                 grammar=self._grammar_state(params.grammar)))
         self.scheduler.add(seqs)
         self.prompt_tokens += len(prompt_ids) * params.n
         return seqs
+
+    def _grammar_state(self, grammar):
+        """A fresh matcher for one sequence (None when unconstrained); the masker comes with the first."""
+        if grammar is None:
+            return None
+        from mistralrs.engine.structured import BatchMasker, GrammarState
+
+        if self.runner.masker is None:
+            self.runner.masker = BatchMasker(self.tokenizer, max_batch=self.cfg.max_seqs)
+        return GrammarState(grammar, self.tokenizer)
 
     def abort(self, seq: Sequence) -> None:
         if not seq.is_finished:
@@ -176,12 +187,18 @@ class LLMEngine:
         prompt_lp = seq.prompt_logprobs if len(seq.output_ids) == 1 and seq.params.prompt_logprobs is not None else None
         params = seq.params
         finish = None
+        if seq.grammar is not None and not self._advance_grammar(seq, token):
+            return
+        grammar_done = seq.grammar is not None and seq.grammar.is_finished()
         if not params.ignore_eos and (token in self.tokenizer.eog_ids or token in params.stop_token_ids):
             finish, text = "stop", seq.stops.push(seq.detokenizer.flush()) + seq.stops.flush()
         else:
             text = seq.stops.push(seq.detokenizer.push(token))
             if seq.stops.stopped:
                 finish = "stop"
+            elif grammar_done:  # the grammar is complete: nothing but the end may follow
+                finish = "stop"
+                text += seq.stops.push(seq.detokenizer.flush()) + seq.stops.flush()
             elif len(seq.output_ids) >= params.max_tokens or seq.num_tokens >= self.max_seq_len:
                 finish = "length"
                 text += seq.stops.push(seq.detokenizer.flush()) + seq.stops.flush()
@@ -189,6 +206,19 @@ class LLMEngine:
             seq.finish_reason = finish
             self.scheduler.remove(seq)
         seq.emit(SeqEvent(seq.seq_id, seq.index, token, text, lp, finish, prompt_lp))
+
+    def _advance_grammar(self, seq: Sequence, token: int) -> bool:
+        """Feed the sampled token to the sequence's grammar. The mask allowed only fitting tokens, so
+        a refusal is a bug: it ends this sequence alone (raising here would rerun the others' step)."""
+        from mistralrs.engine.structured import GrammarError, TokenNotAllowed
+
+        try:
+            seq.grammar.advance(token)
+            return True
+        except (TokenNotAllowed, GrammarError) as exc:
+            log.error("sequence %d: token %d breaks its grammar (%s); ending it", seq.seq_id, token, exc)
+            self._fail(seq)
+            return False
 
     def stats(self) -> EngineStats:
         b = self.pool.stats()

@@ -18,6 +18,7 @@ class ModelRunner:
     def __init__(self, model: CausalLM, cache: KVCache, pool: KVBlockPool, device: torch.device):
         self.model, self.cache, self.pool, self.device = model, cache, pool, device
         self.sampler = Sampler()
+        self.masker = None  # engine.structured.BatchMasker, set by the engine with the first grammar
 
     @torch.inference_mode()
     def run(self, scheduled: list[ScheduledSeq]) -> tuple[Sampled, list[ScheduledSeq]]:
@@ -38,6 +39,9 @@ class ModelRunner:
             return Sampled([], []), []
         last = torch.tensor([seg.q_start + seg.q_len - 1 for _, seg in due], device=self.device)
         logits = self.model.logits(hidden[last])
+        grammars = [s.seq.grammar for s, _ in due]
+        if self.masker is not None and any(g is not None for g in grammars):
+            self.masker.apply(logits, grammars)  # before sampling, so logprobs see the mask too
         rows = [SampleRow(s.seq.params, s.seq.generator, s.seq.prompt_ids, s.seq.output_ids) for s, _ in due]
         return self.sampler(logits, rows), [s for s, _ in due]
 

@@ -8,6 +8,7 @@ filter what a draw may pick. Greedy rows (temperature 0) take the argmax of the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -39,6 +40,9 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
     logprobs: int | None = None  # None: no logprobs; k: the chosen token's and the k best
     prompt_logprobs: int | None = None  # the same for every prompt position (echo)
+    # A compiled grammar (engine.structured.CompiledGrammar) the output must follow; each sequence
+    # gets its own matcher. Logprobs are then reported from the masked distribution.
+    grammar: Any = None
 
     def validate(self, vocab_size: int | None = None) -> "SamplingParams":
         """Raise ValueError naming the offending field (the server maps it to `param`)."""

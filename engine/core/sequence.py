@@ -64,6 +64,7 @@ class Sequence:
     # (X-LoRA's frozen scalings make later positions depend on where the prompt ended).
     max_hashed_tokens: int | None = None
     adapter_state: Any = None  # per-sequence state of the model's adapter (X-LoRA: frozen scalings)
+    grammar: Any = None  # engine.structured.GrammarState when the output is constrained
     finish_reason: str | None = None
     stops: StopStringFilter = field(init=False)
     prompt_logprobs: list[TokenLogprob | None] = field(default_factory=list)

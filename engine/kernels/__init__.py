@@ -68,8 +68,11 @@ def _cpu_features() -> str:
 def _build_dir() -> Path:
     from torch.utils.cpp_extension import include_paths
 
+    # The sources' folder is part of the key: torch's builder writes their paths into build.ninja, so
+    # two installs sharing one folder would each rebuild the other's build on every start.
     key = build_key([src.read_bytes() for src in SOURCES + HEADERS], torch.__version__,
-                    os.path.dirname(os.path.realpath(torch.__file__)), include_paths(), _compiler_identity(), CFLAGS,
+                    os.path.dirname(os.path.realpath(torch.__file__)),
+                    [*include_paths(), str(Path(__file__).resolve().parent)], _compiler_identity(), CFLAGS,
                     f"{torch.backends.cpu.get_cpu_capability()} {_cpu_features()}")
     root = os.environ.get("MISTRALRS_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mistralrs"
     path = Path(root) / "kernels" / key

@@ -12,6 +12,7 @@ import dataclasses
 from mistralrs.conf.schema import SamplingConfig, ServeConfig
 from mistralrs.engine.core.context_policy import completion_budget
 from mistralrs.engine.core.sampler import SamplingParams
+from mistralrs.engine.structured.request_formats import RequestFormatError, grammar_for_request
 
 from mistralrs.engine.server.errors import invalid
 from mistralrs.engine.server.schemas import SamplingFields
@@ -43,7 +44,14 @@ def base_params(req: SamplingFields, cfg: ServeConfig, defaults: SamplingConfig,
         raise invalid(f"n={n} exceeds the server's queue capacity ({max_waiting}, engine.max_waiting)", "n")
     if req.seed is not None and not -SEED_LIMIT <= req.seed <= SEED_LIMIT:
         raise invalid(f"seed must be in [{-SEED_LIMIT}, {SEED_LIMIT}]", "seed")
+    grammar = None
+    if req.response_format is not None or req.structured_outputs is not None:
+        try:
+            grammar = grammar_for_request(req.response_format, req.structured_outputs)
+        except RequestFormatError as exc:
+            raise invalid(str(exc), exc.param) from None
     return SamplingParams(
+        grammar=grammar,
         max_tokens=1,  # placeholder, see for_prompt
         temperature=defaults.temperature if req.temperature is None else req.temperature,
         top_k=defaults.top_k if req.top_k is None else 0 if req.top_k == -1 else req.top_k,  # vLLM's -1: off

@@ -45,30 +45,56 @@ class SamplingFields(Struct, kw_only=True):
     ignore_eos: bool | None = None
     stop_token_ids: list[int] | None = None
     return_tokens_as_token_ids: bool | None = None  # logprobs name tokens "token_id:<id>"
-    # OpenAI features this server does not implement yet: refused by refuse_unsupported, never ignored
+    # structured outputs (engine/structured/request_formats.py): OpenAI's shape and vLLM's
     response_format: Any = None
+    structured_outputs: Any = None
+    # OpenAI features this server does not implement: refused by refuse_unsupported, never ignored
     tools: Any = None
     tool_choice: Any = None
     functions: Any = None
     function_call: Any = None
+    audio: Any = None
+    modalities: Any = None
+    prediction: Any = None
+    web_search_options: Any = None
+    store: Any = None
+    reasoning_effort: Any = None
+    verbosity: Any = None
+    service_tier: Any = None
+
+
+# OpenAI request fields this server does not implement, and the values that ask for nothing (which
+# are accepted). Any other value is a 400 naming the field: answering without the feature would look
+# like success and be wrong. Fields that only describe the caller (user, metadata, safety_identifier,
+# prompt_cache_key, parallel_tool_calls without tools) are accepted and have no effect.
+UNIMPLEMENTED = {
+    "tools": (None, []),
+    "functions": (None, []),
+    "tool_choice": (None, "none"),
+    "function_call": (None, "none"),
+    "audio": (None,),
+    "modalities": (None, ["text"]),
+    "prediction": (None,),
+    "web_search_options": (None,),
+    "store": (None, False),
+    "reasoning_effort": (None,),
+    "verbosity": (None,),
+    "service_tier": (None, "auto", "default"),
+}
 
 
 def refuse_unsupported(req: SamplingFields) -> None:
-    """A 400 naming the first requested feature the server cannot honour (structured output, tool
-    calling): answering without it would look like success and be wrong."""
-    fmt = req.response_format
-    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text" and len(fmt) == 1):
-        kind = fmt.get("type") if isinstance(fmt, dict) else None
-        raise invalid(f"response_format {kind!r} is not supported by this server yet (only {{'type': 'text'}}); "
-                      "structured output is not enforced, so the request is refused rather than answered freely",
-                      "response_format")
-    for field in ("tools", "functions"):
-        if getattr(req, field):
-            raise invalid(f"{field} (function calling) is not supported by this server yet", field)
-    for field in ("tool_choice", "function_call"):
+    """A 400 naming the first requested feature the server cannot honour (tool calling, audio, ...)."""
+    for field, harmless in UNIMPLEMENTED.items():
         value = getattr(req, field)
-        if value is not None and value != "none":
-            raise invalid(f"{field}={value!r} is not supported by this server yet (no function calling)", field)
+        if not any(value == ok for ok in harmless):
+            raise invalid(f"{field}={_short(value)} is not supported by this server (accepted: "
+                          f"{', '.join(_short(ok) for ok in harmless)})", field)
+
+
+def _short(value: Any) -> str:
+    text = "null" if value is None else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 class ChatCompletionRequest(SamplingFields, kw_only=True):

@@ -33,11 +33,20 @@ def bench_prompt(tokenizer, n_tokens: int, run: int = 0) -> list[int]:
     return (prefix + ids * reps)[:n_tokens]
 
 
-def time_one(llm, prompt: list[int], decode_tokens: int) -> tuple[float, float]:
+# bench.grammar=json: a realistic schema (objects, strings, integers, booleans) the output cannot finish
+# before decode_tokens, so constrained and free runs decode the same number of tokens
+BENCH_GRAMMARS = {
+    "json": {"json": {"type": "array", "minItems": 40, "items": {
+        "type": "object", "required": ["name", "id", "ok"], "additionalProperties": False,
+        "properties": {"name": {"type": "string", "maxLength": 16}, "id": {"type": "integer"}, "ok": {"type": "boolean"}}}}},
+}
+
+
+def time_one(llm, prompt: list[int], decode_tokens: int, **sampling) -> tuple[float, float]:
     start = time.perf_counter()
     first = None
     count = 0
-    for _ in llm.run([prompt], max_tokens=decode_tokens, temperature=0.0, ignore_eos=True):
+    for _ in llm.run([prompt], max_tokens=decode_tokens, temperature=0.0, ignore_eos=True, **sampling):
         count += 1
         if first is None:
             first = time.perf_counter()
@@ -58,8 +67,14 @@ def run(cfg: DictConfig) -> dict:
     prompt = bench_prompt(llm.tokenizer, int(b.prompt_tokens))
     for w in range(int(b.warmup)):
         time_one(llm, bench_prompt(llm.tokenizer, 32, run=-1 - w), 8)
-    results = [time_one(llm, bench_prompt(llm.tokenizer, int(b.prompt_tokens), run=r), int(b.decode_tokens))
-               for r in range(int(b.repeats))]
+    if b.grammar != "none" and b.grammar not in BENCH_GRAMMARS:
+        raise ValueError(f"bench.grammar must be none or one of {', '.join(BENCH_GRAMMARS)}, not {b.grammar!r}")
+    results, constrained = [], []
+    for r in range(int(b.repeats)):  # constrained runs alternate with free ones: same machine load
+        results.append(time_one(llm, bench_prompt(llm.tokenizer, int(b.prompt_tokens), run=r), int(b.decode_tokens)))
+        if b.grammar != "none":
+            constrained.append(time_one(llm, bench_prompt(llm.tokenizer, int(b.prompt_tokens), run=100 + r),
+                                        int(b.decode_tokens), structured_outputs=BENCH_GRAMMARS[b.grammar]))
     row = {
         "engine": "mistralrs-py",
         "model": cfg.model.name,
@@ -74,6 +89,7 @@ def run(cfg: DictConfig) -> dict:
         "repeats": int(b.repeats),
         "prefill_tok_s": round(statistics.median(r[0] for r in results), 2),
         "decode_tok_s": round(statistics.median(r[1] for r in results), 2),
+        **_constrained_columns(b.grammar, constrained, results),
         "load_s": round(llm.loaded.load_seconds, 2),
         "peak_rss_mb": peak_rss_mb(),
         "torch": torch.__version__,
@@ -84,9 +100,20 @@ def run(cfg: DictConfig) -> dict:
           f"prompt {row['prefill_tok_s']} tok/s ({row['prompt_tokens']} tokens), "
           f"decode {row['decode_tok_s']} tok/s ({row['decode_tokens']} tokens), "
           f"load {row['load_s']} s, peak RSS {row['peak_rss_mb']} MB  [median of {row['repeats']}]")
+    if constrained:
+        print(f"  under the {b.grammar} grammar: decode {row['constrained_decode_tok_s']} tok/s, "
+              f"{row['constrained_vs_free']:.3f}x free decoding")
     rows = [row] + run_peers(cfg, llm, prompt, row)
     _write_rows(_output_path(b.output), rows)
     return row
+
+
+def _constrained_columns(grammar: str, constrained: list, free: list) -> dict:
+    if not constrained:
+        return {}
+    rate = statistics.median(r[1] for r in constrained)
+    return {"grammar": grammar, "constrained_decode_tok_s": round(rate, 2),
+            "constrained_vs_free": round(rate / statistics.median(r[1] for r in free), 3)}
 
 
 def _write_rows(out: Path | None, rows: list[dict]) -> None:
