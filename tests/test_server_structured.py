@@ -61,6 +61,13 @@ def test_streamed_and_n2_answers_validate(server):
         jsonschema.validate(json.loads(choice.message.content), PERSON)
         # logprobs come from the masked distribution: every reported token was allowed, so finite
         assert all(t.logprob > float("-inf") for t in choice.logprobs.content)
+    r = client.completions.create(model="smollm2", prompt="Is the sky green? Answer:", temperature=0.8, seed=2,
+                                  logprobs=5, extra_body={"structured_outputs": {"choice": ["yes", "no"]}})
+    # masked tokens are not alternatives: every top logprob is a real number, for a token that starts
+    # one of the choices
+    tops = r.choices[0].logprobs.top_logprobs
+    assert all(isinstance(v, float) for top in tops for v in top.values())
+    assert tops[0] and all("yes".startswith(t) or "no".startswith(t) for t in tops[0]), tops[0]
 
 
 def test_parse_returns_the_pydantic_object(server):
@@ -100,6 +107,9 @@ def test_json_object_choice_regex_and_lark(server):
     ({"structured_outputs": {"regex": "a", "choice": ["b"]}}, "structured_outputs", "exactly one"),
     ({"structured_outputs": {"grammar": "start: ("}}, "structured_outputs", "grammar"),
     ({"response_format": {"type": "json_object"}, "structured_outputs": {"regex": "a"}}, "structured_outputs", "not both"),
+    ({"structured_outputs": {"regex": "a\\"}}, "structured_outputs", "backslash"),
+    ({"response_format": _schema_format({"type": "string", "pattern": "^(a{1000}){1000}$"})}, "response_format",
+     "too complex"),
 ])
 def test_unsupported_structured_requests_are_400s_naming_why(server, body, param, words):
     import httpx

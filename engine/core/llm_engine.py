@@ -208,14 +208,13 @@ class LLMEngine:
         seq.emit(SeqEvent(seq.seq_id, seq.index, token, text, lp, finish, prompt_lp))
 
     def _advance_grammar(self, seq: Sequence, token: int) -> bool:
-        """Feed the sampled token to the sequence's grammar. The mask allowed only fitting tokens, so
-        a refusal is a bug: it ends this sequence alone (raising here would rerun the others' step)."""
-        from mistralrs.engine.structured import GrammarError, TokenNotAllowed
-
+        """Feed the sampled token to the sequence's grammar. The mask allowed only fitting tokens, so a
+        refusal means the matcher failed (e.g. a lexer over its limits): it ends this sequence alone
+        (raising here would rerun the step of sequences that already took their token)."""
         try:
             seq.grammar.advance(token)
             return True
-        except (TokenNotAllowed, GrammarError) as exc:
+        except Exception as exc:  # noqa: BLE001 - the library's own errors too: this sequence alone ends
             log.error("sequence %d: token %d breaks its grammar (%s); ending it", seq.seq_id, token, exc)
             self._fail(seq)
             return False

@@ -154,7 +154,8 @@ def token_logprobs(logprobs: torch.Tensor, chosen: int, k: int) -> tuple[float, 
     top: list[tuple[int, float]] = []
     if k:
         values, ids = logprobs.topk(k)
-        top = list(zip(ids.tolist(), values.tolist()))
+        # a grammar may allow fewer than k tokens: the masked ones (-inf) are not alternatives
+        top = [(i, v) for i, v in zip(ids.tolist(), values.tolist()) if v != float("-inf")]
     return float(logprobs[chosen]), top
 
 

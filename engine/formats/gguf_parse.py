@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from gguf import GGUFValueType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from mistralrs.engine.formats.tensor_types import stored_type
 from mistralrs.registry import QuantTypeSpec
@@ -115,9 +115,14 @@ class _Cursor:
 
 
 def _tensor_bytes(name: str, qtype: str, spec: QuantTypeSpec | None, ne: list[int]) -> int:
-    if spec is None:  # no registered type reads it; the checkpoint refuses it by name
+    """Bytes of a tensor's data. A type no plugin registered is refused by name when read, but its
+    bytes still count, from gguf's table where gguf knows the type, so the bounds checks stay whole."""
+    if spec is not None:
+        block, type_size = spec.block_size, spec.type_size
+    elif qtype in GGMLQuantizationType.__members__ and GGMLQuantizationType[qtype] in GGML_QUANT_SIZES:
+        block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType[qtype]]
+    else:
         return 0
-    block, type_size = spec.block_size, spec.type_size
     if ne and ne[0] % block:
         raise GGUFFormatError(f"tensor {name!r}: row length {ne[0]} is not a multiple of the {qtype} block size {block}")
     n = 1

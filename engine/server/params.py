@@ -7,11 +7,14 @@ the context). The rest follow OpenAI: n 1, no penalties, no stop sequences.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 from mistralrs.conf.schema import SamplingConfig, ServeConfig
 from mistralrs.engine.core.context_policy import completion_budget
 from mistralrs.engine.core.sampler import SamplingParams
+from mistralrs.engine.structured.errors import GrammarError
+from mistralrs.engine.structured.probe import probe_grammar
 from mistralrs.engine.structured.request_formats import RequestFormatError, grammar_for_request
 
 from mistralrs.engine.server.errors import invalid
@@ -69,6 +72,17 @@ def base_params(req: SamplingFields, cfg: ServeConfig, defaults: SamplingConfig,
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
     )
+
+
+async def probe_request_grammar(params: SamplingParams, req: SamplingFields, tokenizer) -> None:
+    """A constrained request's first mask, on a worker thread: a grammar too complex to match is the
+    request's 400 (naming its field), not a stall of the compute thread (engine/structured/probe.py)."""
+    if params.grammar is None:
+        return
+    try:
+        await asyncio.to_thread(probe_grammar, params.grammar, tokenizer)
+    except GrammarError as exc:
+        raise invalid(str(exc), "structured_outputs" if req.structured_outputs is not None else "response_format") from None
 
 
 def for_prompt(base: SamplingParams, prompt_len: int, requested: int | None, *, max_seq_len: int,

@@ -14,7 +14,7 @@ from mistralrs.engine.server.auth import require_api_key
 from mistralrs.engine.server.errors import APIError, engine_errors, error_json, invalid
 from mistralrs.engine.server.logprobs import LogprobFormatter
 from mistralrs.engine.server.output import GENERATION_FAILED, collect, json_response, usage
-from mistralrs.engine.server.params import base_params, for_prompt
+from mistralrs.engine.server.params import base_params, for_prompt, probe_request_grammar
 from mistralrs.engine.server.schemas import ChatCompletionRequest, refuse_unsupported, request_json
 from mistralrs.engine.server.state import ServerState, new_id, server_of
 from mistralrs.engine.server.streaming import SSE_DONE, merge, sse, sse_response, start_all, until_disconnect
@@ -41,6 +41,7 @@ async def chat_completions(request: Request) -> Response:
 
     with engine_errors("messages", {"logprobs": "top_logprobs", "max_tokens": max_param}, cfg.retry_after_seconds):
         base = base_params(req, cfg, server.sampling_defaults, max_waiting=server.max_waiting, logprobs=logprobs)
+        await probe_request_grammar(base, req, server.tokenizer)
         base.validate(server.vocab_size)
         prompt_ids = await asyncio.to_thread(server.llm.chat_prompt_ids, req.messages)
         params = for_prompt(base, len(prompt_ids), max_tokens, max_seq_len=server.max_seq_len,

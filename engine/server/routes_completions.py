@@ -20,7 +20,7 @@ from mistralrs.engine.server.auth import require_api_key
 from mistralrs.engine.server.errors import APIError, engine_errors, error_json, invalid
 from mistralrs.engine.server.logprobs import LogprobFormatter
 from mistralrs.engine.server.output import GENERATION_FAILED, ChoiceOutput, collect, json_response, usage
-from mistralrs.engine.server.params import base_params, for_prompt
+from mistralrs.engine.server.params import base_params, for_prompt, probe_request_grammar
 from mistralrs.engine.server.schemas import CompletionRequest, refuse_unsupported, request_json
 from mistralrs.engine.server.state import ServerState, new_id, server_of
 from mistralrs.engine.server.streaming import SSE_DONE, merge, sse, sse_response, start_all, until_disconnect
@@ -83,6 +83,7 @@ async def completions(request: Request) -> Response:
         base = base_params(req, cfg, server.sampling_defaults, max_waiting=server.max_waiting, logprobs=req.logprobs,
                            prompt_logprobs=prompt_logprobs)
         base.validate(server.vocab_size)
+        await probe_request_grammar(base, req, server.tokenizer)
         prompts = await asyncio.to_thread(parse_prompts, req.prompt, server, echo)
         if len(prompts) * n > server.max_waiting:
             raise invalid(f"{len(prompts)} prompts x n={n} sequences exceed the server's queue capacity "

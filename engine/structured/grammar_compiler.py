@@ -97,6 +97,9 @@ def compile_regex(pattern: str) -> CompiledGrammar:
     if not isinstance(pattern, str):
         raise GrammarError(f"regex must be a string, got {type(pattern).__name__}")
     check_size("regex", len(pattern))
+    trailing = len(pattern) - len(pattern.rstrip("\\"))
+    if trailing % 2:  # the converter would drop the lone backslash and accept another pattern
+        raise GrammarError("regex ends in an unescaped backslash")
     lark = "start: /" + llguidance.regex_to_lark(pattern, "d") + "/"
     return _validated("regex", llguidance.LLMatcher.grammar_from_lark(lark))
 
