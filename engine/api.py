@@ -77,6 +77,21 @@ class LLM:
         return self.loaded.tokenizer
 
     @property
+    def max_seq_len(self) -> int:
+        """Tokens of context (prompt plus output) one sequence may hold."""
+        return self.loaded.max_seq_len
+
+    @property
+    def vocab_size(self) -> int:
+        """The model's output width (token ids run below it)."""
+        return self.loaded.config.vocab_size
+
+    @property
+    def adapter_info(self) -> dict | None:
+        """Applied LoRA / X-LoRA adapters (kind, names), or None."""
+        return self.loaded.model.adapter_info
+
+    @property
     def name(self) -> str:
         return self.config.model.name
 

@@ -13,7 +13,7 @@ from mistralrs.engine.server.state import ServerState, server_of
 def _model_card(server: ServerState) -> dict:
     card = {"id": server.model_name, "object": "model", "created": server.started, "owned_by": "mistralrs",
             "max_model_len": server.max_seq_len}
-    adapter = server.llm.loaded.model.adapter_info  # LoRA / X-LoRA: kind, adapter names
+    adapter = server.llm.adapter_info  # LoRA / X-LoRA: kind, adapter names
     if adapter:
         card["adapter"] = adapter
     return card

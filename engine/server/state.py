@@ -34,11 +34,11 @@ class ServerState:
 
     @property
     def max_seq_len(self) -> int:
-        return self.llm.loaded.max_seq_len
+        return self.llm.max_seq_len
 
     @property
     def vocab_size(self) -> int:
-        return self.llm.loaded.config.vocab_size
+        return self.llm.vocab_size
 
     @property
     def sampling_defaults(self) -> SamplingConfig:
