@@ -115,3 +115,72 @@ def test_absurd_counts_rejected_without_allocating(tmp_path):
     path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 2**40, 2**40) + bytes(64))
     with pytest.raises(ModelFileError, match="truncated"):
         open_gguf(path)
+
+
+
+def _two_tensor_file(tmp_path: Path) -> bytes:
+    import gguf
+
+    path = tmp_path / "two.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_string("test.key_aaa", "first")
+    writer.add_string("test.key_bbb", "second")
+    writer.add_tensor("tensor_one", np.zeros((2, 32), np.float32))
+    writer.add_tensor("tensor_two", np.ones((2, 32), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path.read_bytes()
+
+
+def _offset_field(data: bytes, name: bytes) -> int:
+    """Byte position of ``name``'s data-offset field in the tensor-info table (after name, dims, type)."""
+    import struct
+
+    at = data.index(name) + len(name)
+    n_dims = struct.unpack_from("<I", data, at)[0]
+    return at + 4 + 8 * n_dims + 4
+
+
+@pytest.mark.parametrize("mutation, message", [
+    ("duplicate_tensor", "duplicate tensor name 'tensor_one'"),
+    ("duplicate_key", "duplicate metadata key 'test.key_aaa'"),
+    ("overlap", "'tensor_one' and 'tensor_two' overlap"),
+    ("misaligned", "not a multiple of the alignment"),
+])
+def test_structurally_invalid_files_are_refused(tmp_path, mutation, message):
+    """What llama.cpp's loader refuses too: one name for two tensors or two values, tensors sharing
+    bytes, data that is not aligned. Each is an edit of a valid file's header."""
+    import struct
+
+    data = bytearray(_two_tensor_file(tmp_path))
+    open_gguf(tmp_path / "two.gguf")  # the unedited file loads
+    if mutation == "duplicate_tensor":
+        at = data.index(b"tensor_two")
+        data[at:at + 10] = b"tensor_one"
+    elif mutation == "duplicate_key":
+        at = data.index(b"test.key_bbb")
+        data[at:at + 12] = b"test.key_aaa"
+    else:
+        field = _offset_field(bytes(data), b"tensor_two")
+        # 64: inside tensor_one's 256 bytes and aligned; 260: past it but not on a 32-byte boundary
+        data[field:field + 8] = struct.pack("<Q", 64 if mutation == "overlap" else 260)
+    path = tmp_path / "bad.gguf"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match=message):
+        open_gguf(path)
+
+
+@pytest.mark.parametrize("key, value", [("llama.attention.layer_norm_rms_epsilon", float("nan")),
+                                        ("llama.attention.layer_norm_rms_epsilon", -1e-5),
+                                        ("llama.rope.freq_base", 0.0),
+                                        ("llama.rope.freq_base", float("inf"))])
+def test_nonsense_norm_and_rope_values_are_refused(key, value):
+    from mistralrs.engine.llama_base.config import ConfigError, config_from_gguf
+
+    meta = {"llama.embedding_length": 64, "llama.attention.head_count": 4, "llama.feed_forward_length": 128,
+            "llama.block_count": 2, "llama.vocab_size": 100}
+    config_from_gguf(meta)  # sane without the key
+    with pytest.raises(ConfigError, match="positive finite"):
+        config_from_gguf({**meta, key: value})

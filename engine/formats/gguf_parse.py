@@ -147,11 +147,17 @@ def parse_gguf(buf: memoryview) -> GGUFHeader:
     metadata: dict[str, Any] = {}
     for i in range(n_kv):
         key = cur.string(f"metadata key #{i}")
+        if key in metadata:  # which value counts would be a guess (llama.cpp refuses these files too)
+            raise GGUFFormatError(f"duplicate metadata key {key!r}")
         vtype = cur.unpack("<I", f"type of {key!r}")
         metadata[key] = cur.value(vtype, f"metadata {key!r}")
     infos = []
+    names: set[str] = set()
     for i in range(n_tensors):
         name = cur.string(f"tensor name #{i}")
+        if name in names:
+            raise GGUFFormatError(f"duplicate tensor name {name!r}")
+        names.add(name)
         n_dims = cur.unpack("<I", f"dims of {name!r}")
         if not 1 <= n_dims <= MAX_DIMS:
             raise GGUFFormatError(f"tensor {name!r}: {n_dims} dimensions (expected 1..{MAX_DIMS})")
@@ -166,13 +172,25 @@ def parse_gguf(buf: memoryview) -> GGUFHeader:
     tensors = []
     for name, qtype, spec, ne, offset in infos:
         n_bytes = _tensor_bytes(name, qtype, spec, ne)
+        if offset % alignment:
+            raise GGUFFormatError(f"tensor {name!r}: data offset {offset} is not a multiple of the alignment {alignment}")
         start = data_offset + offset
         if start + n_bytes > len(buf):
             raise GGUFFormatError(
                 f"truncated: tensor {name!r} needs bytes {start}..{start + n_bytes} but the file has {len(buf)}"
             )
         tensors.append(TensorEntry(name, qtype, tuple(reversed(ne)), start, n_bytes))
+    _refuse_overlaps(tensors)
     return GGUFHeader(version, metadata, tensors, data_offset)
+
+
+def _refuse_overlaps(tensors: list[TensorEntry]) -> None:
+    """Two tensors sharing bytes: a crafted or corrupt file (a writer lays tensors out one after another)."""
+    ordered = sorted((t for t in tensors if t.n_bytes), key=lambda t: t.offset)
+    for before, after in zip(ordered, ordered[1:]):
+        if after.offset < before.offset + before.n_bytes:
+            raise GGUFFormatError(f"tensors {before.name!r} and {after.name!r} overlap in the file "
+                                  f"(bytes {before.offset}..{before.offset + before.n_bytes} and {after.offset}..)")
 
 
 def read_gguf_metadata(path: str | os.PathLike) -> dict[str, Any]:

@@ -45,6 +45,10 @@ class LlamaConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+        # NaN fails every comparison, so "not (x > 0)" refuses it along with zero and negatives
+        for name, value in (("rms_norm_eps", self.rms_norm_eps), ("rope theta (freq_base)", self.rope.theta)):
+            if not (isinstance(value, (int, float)) and 0 < value < float("inf")):
+                raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
         return self
 
 
