@@ -16,11 +16,12 @@ import json
 from typing import Any
 
 from mistralrs.engine.structured.errors import GrammarError
-from mistralrs.engine.structured.grammar_compiler import (CompiledGrammar, compile_choice, compile_json_object,
-                                                          compile_json_schema, compile_lark, compile_regex)
+from mistralrs.engine.structured.grammar_compiler import (CompiledGrammar, compile_grammar, compile_json_object,
+                                                          compile_json_schema)
 
 RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema")
 STRUCTURED_OUTPUT_KINDS = ("json", "regex", "choice", "grammar", "json_object")
+_COMPILER_KINDS = {"json": "json_schema", "grammar": "lark"}  # vLLM's names -> grammar_compiler's
 
 
 class RequestFormatError(GrammarError):
@@ -84,16 +85,8 @@ def _from_structured_outputs(extras: Any) -> CompiledGrammar | None:
                 raise RequestFormatError(f"{field}.json is not valid JSON: {exc}", field) from None
         if not isinstance(value, dict):
             raise RequestFormatError(f"{field}.json must be a JSON schema object", field)
-        return _compiled(lambda: compile_json_schema(value), field)
-    if kind == "json_object":
-        return _compiled(compile_json_object, field)
-    if kind == "choice":
-        if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
-            raise RequestFormatError(f"{field}.choice must be a list of strings", field)
-        return _compiled(lambda: compile_choice(value), field)
-    if not isinstance(value, str):
-        raise RequestFormatError(f"{field}.{kind} must be a string", field)
-    return _compiled(lambda: compile_regex(value) if kind == "regex" else compile_lark(value), field)
+    # the compiler checks each kind's value (a list of strings, a string) and names what is wrong
+    return _compiled(lambda: compile_grammar(_COMPILER_KINDS.get(kind, kind), value), field)
 
 
 def _compiled(compile_fn, field: str) -> CompiledGrammar:
