@@ -9,7 +9,12 @@ nothing, huge string/list repetition and powers are refused).  Environment as in
 ``dict`` and ``namespace``, and a ``tojson`` filter that does not HTML-escape.
 
 Every failure — syntax error, ``raise_exception`` in the template, sandbox violation, a runtime
-error while rendering, malformed messages — is a :class:`ChatTemplateError` with a clear message.
+error while rendering, malformed messages, a bound hit — is a :class:`ChatTemplateError` with a clear
+message.
+
+:func:`render_chat` checks the messages here and renders in a renderer process
+(``template_worker``: bounded in time, memory and output size, killable); the process runs
+:func:`render_sandboxed`.
 """
 
 from __future__ import annotations
@@ -27,11 +32,20 @@ import jinja2.nodes
 from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-__all__ = ["DEFAULT_CHATML_TEMPLATE", "ChatTemplateError", "render_chat", "validate_messages"]
+from mistralrs.engine.tokenizer import template_worker
+
+__all__ = [
+    "DEFAULT_CHATML_TEMPLATE", "ChatTemplateCancelled", "ChatTemplateError", "render_chat", "render_sandboxed",
+    "validate_messages",
+]
 
 
 class ChatTemplateError(ValueError):
     """A chat template could not be compiled or rendered, or the messages are malformed."""
+
+
+class ChatTemplateCancelled(ChatTemplateError):
+    """The render was stopped because the process is shutting down (not the template's fault)."""
 
 
 #: ChatML, used when a model ships no chat template (HF's former default template).
@@ -48,6 +62,14 @@ _MAX_POWER_BITS = 4096  # largest result of `**` (in bits)
 
 class _TemplateRaised(TemplateError):
     """raise_exception() called by the template itself."""
+
+
+class _OutputTooLarge(TemplateError):
+    """The output, or a string the template builds, would exceed the output bound."""
+
+
+# str methods whose integer argument is the length of the result ('x'.ljust(2**30) is 1 GB)
+_WIDTH_METHODS = frozenset(["ljust", "rjust", "center", "zfill", "expandtabs"])
 
 
 def _raise_exception(message: Any) -> None:
@@ -107,7 +129,15 @@ class _GenerationBlock(jinja2.ext.Extension):
 
 
 class _ChatEnvironment(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset(["*", "**"])
+    intercepted_binops = frozenset(["*", "**", "+"])
+    max_chars = 16 * 2**20  # set per render by render_sandboxed
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 - as jinja's
+        if type(getattr(__obj, "__self__", None)) is str and getattr(__obj, "__name__", None) in _WIDTH_METHODS:
+            for arg in (*args, *kwargs.values()):
+                if isinstance(arg, int) and arg > __self.max_chars:
+                    raise _OutputTooLarge(f"str.{__obj.__name__}({arg})")
+        return super().call(__context, __obj, *args, **kwargs)
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
         # jinja's default returns an Undefined that renders as "" — fail loudly instead
@@ -125,6 +155,12 @@ class _ChatEnvironment(ImmutableSandboxedEnvironment):
                 if abs(left) > 1 and right * max(abs(left).bit_length(), 1) > _MAX_POWER_BITS:
                     raise SecurityError("chat template tried to compute a huge power")
             return operator.pow(left, right)
+        if operator_ == "+":
+            # a doubling loop ({% set ns.s = ns.s + ns.s %}) reaches gigabytes in 30 steps
+            if isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
+                if len(left) + len(right) > self.max_chars:
+                    raise _OutputTooLarge(f"a sequence of {len(left) + len(right)} items")
+            return operator.add(left, right)
         return super().call_binop(context, operator_, left, right)
 
 
@@ -213,12 +249,13 @@ def render_chat(
     """Render ``messages`` with the chat ``template`` (HF ``apply_chat_template(tokenize=False)``).
 
     ``extra`` goes to the template as further variables (``tools``, ``documents``,
-    ``enable_thinking``...).  Raises :class:`ChatTemplateError` on any failure.
+    ``enable_thinking``...; plain data, as they are pickled to the renderer process).  The render
+    runs in a renderer process, bounded in time, memory and output size (``template_worker``'s
+    limits).  Raises :class:`ChatTemplateError` on any failure.
     """
     if not isinstance(template, str) or not template:
         raise ChatTemplateError("chat template must be a non-empty string")
     clean = validate_messages(messages)
-    compiled = _compile(template)
     variables = dict(extra)
     variables.update(
         messages=clean,
@@ -227,7 +264,30 @@ def render_chat(
         eos_token=eos_token if eos_token is not None else "",
     )
     try:
-        return compiled.render(**variables)
+        return template_worker.render(template, variables)
+    except template_worker.RenderCancelled as exc:
+        raise ChatTemplateCancelled(str(exc)) from None
+    except template_worker.RenderError as exc:
+        raise ChatTemplateError(str(exc)) from None
+
+
+def render_sandboxed(template: str, variables: dict[str, Any], max_chars: int) -> str:
+    """``template`` rendered with ``variables`` in this process's sandbox (what a renderer process
+    runs): output over ``max_chars`` characters is refused. Raises :class:`ChatTemplateError`, or
+    MemoryError (the caller's process is then spent)."""
+    compiled = _compile(template)
+    compiled.environment.max_chars = max_chars
+    try:
+        chunks = []
+        size = 0
+        for chunk in compiled.generate(**variables):
+            size += len(chunk)
+            if size > max_chars:
+                raise _OutputTooLarge(f"{size} characters")
+            chunks.append(chunk)
+        return "".join(chunks)
+    except _OutputTooLarge:
+        raise ChatTemplateError(f"chat template output exceeds {max_chars} characters") from None
     except _TemplateRaised as exc:
         raise ChatTemplateError(f"chat template raised an error: {exc.message}") from None
     except SecurityError as exc:
@@ -236,5 +296,7 @@ def render_chat(
         raise ChatTemplateError(f"chat template failed: {type(exc).__name__}: {exc}") from None
     except RecursionError:
         raise ChatTemplateError("chat template failed: recursion too deep") from None
+    except MemoryError:
+        raise
     except Exception as exc:  # TypeError, KeyError, ZeroDivisionError... raised inside the template
         raise ChatTemplateError(f"chat template failed: {type(exc).__name__}: {exc}") from None

@@ -46,6 +46,7 @@ def url_of(sock: socket.socket) -> str:
 
 def run(cfg: DictConfig) -> None:
     from mistralrs.engine.server import create_app
+    from mistralrs.engine.tokenizer import template_worker
 
     config = to_schema(cfg)
     serve = config.serve
@@ -59,8 +60,12 @@ def run(cfg: DictConfig) -> None:
     uv_config = uvicorn.Config(app, log_config=None, access_log=serve.access_log, lifespan="on", ws="none",
                                timeout_graceful_shutdown=serve.shutdown_grace_seconds + 5, server_header=False)
     state = app.state.server
-    server = _Server(uv_config, banner=f"serving {llm.name} on {url_of(sock)}",
-                     on_exit=lambda: state.engine.shutdown(serve.shutdown_grace_seconds))
+
+    def on_exit() -> Awaitable[object]:
+        template_worker.shutdown()  # a chat template rendering now must not hold up the exit
+        return state.engine.shutdown(serve.shutdown_grace_seconds)
+
+    server = _Server(uv_config, banner=f"serving {llm.name} on {url_of(sock)}", on_exit=on_exit)
     asyncio.run(server.serve(sockets=[sock]))
 
 
