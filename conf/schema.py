@@ -114,6 +114,9 @@ class ServeConfig:
     retry_after_seconds: int = 1  # Retry-After sent with 503 when the waiting queue is full
     shutdown_grace_seconds: float = 10.0  # SIGINT/SIGTERM: in-flight requests may finish for this long
     access_log: bool = False  # uvicorn's per-request log lines on stderr
+    # how tool calls are read from the output (docs/TOOLS.md): auto (from the chat template) | hermes |
+    # llama3_json | mistral
+    tool_parser: str = "auto"
 
 
 @dataclass

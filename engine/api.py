@@ -5,6 +5,7 @@
     print(llm.generate("The three primary colors are", max_tokens=32, temperature=0))
     for piece in llm.chat([{"role": "user", "content": "Hi"}], stream=True):
         print(piece, end="")
+    llm.chat(messages, tools=[...], tool_choice="required")  # -> {"role": "assistant", "tool_calls": [...]}
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from mistralrs.engine.loading.loader import LoadedModel, load_model, weights_mod
 from mistralrs.engine.core.model_runner import full_logits
 from mistralrs.engine.core.sampler import SamplingParams
 from mistralrs.engine.core.sequence import SeqEvent
+from mistralrs.engine.tokenizer.chat_template import DEFAULT_CHATML_TEMPLATE, render_chat
+from mistralrs.engine.tools.calls import ContentDelta
+from mistralrs.engine.tools.plan import ToolPlan, marker_token_texts, plan_tools
 
 _SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
 
@@ -108,24 +112,73 @@ class LLM:
             texts[index] += piece
         return texts[0] if isinstance(prompt, str) else texts
 
-    def chat(self, messages: list[dict[str, Any]], *, stream: bool = False, **sampling: Any):
-        """One assistant turn for a conversation, rendered with the model's chat template."""
-        ids = self.chat_prompt_ids(messages)
-        events = self._events([ids], sampling)
-        pieces = (piece for _, piece in events)
-        return pieces if stream else "".join(pieces)
+    def chat(self, messages: list[dict[str, Any]], *, stream: bool = False, tools: Any = None,
+             tool_choice: Any = None, parallel_tool_calls: Any = None, **sampling: Any):
+        """One assistant turn for a conversation, rendered with the model's chat template: its text, or
+        streamed, its pieces.
 
-    def chat_prompt_ids(self, messages: list[dict[str, Any]]) -> list[int]:
-        from mistralrs.engine.tokenizer.chat_template import DEFAULT_CHATML_TEMPLATE, render_chat
+        With ``tools`` (OpenAI's shape, also ``tool_choice`` and ``parallel_tool_calls``) the turn is a
+        message dict ``{"role": "assistant", "content": str | None, "tool_calls": [...]}`` as in an
+        OpenAI response, and a stream yields :class:`~mistralrs.engine.tools.ContentDelta` and
+        :class:`~mistralrs.engine.tools.ToolCallDelta` (engine/tools/)."""
+        plan = self.tool_plan(tools, tool_choice, parallel_tool_calls)
+        if plan.grammar is not None:
+            if "response_format" in sampling or "structured_outputs" in sampling:
+                raise ValueError("response_format/structured_outputs cannot be combined with a required tool call")
+            sampling["grammar"] = plan.grammar
+        ids = self.chat_prompt_ids(messages, plan)
+        if plan.request is None:
+            pieces = (piece for _, piece in self._events([ids], sampling))
+            return pieces if stream else "".join(pieces)
+        deltas = self._tool_deltas(ids, sampling, plan)
+        if stream:
+            return deltas
+        message: dict[str, Any] = {"role": "assistant", "content": ""}
+        calls = []
+        for delta in deltas:
+            if isinstance(delta, ContentDelta):
+                message["content"] += delta.text
+            elif delta.id is not None:
+                calls.append({"id": delta.id, "type": "function", "function": {"name": delta.name, "arguments": ""}})
+            else:
+                calls[delta.index]["function"]["arguments"] += delta.arguments
+        if calls:
+            message["tool_calls"] = calls
+            message["content"] = message["content"] if message["content"].strip() else None
+        return message
 
+    def tool_plan(self, tools: Any = None, tool_choice: Any = None, parallel_tool_calls: Any = None) -> ToolPlan:
+        """How a chat request's tools are handled (engine/tools/plan.py); raises ToolRequestError."""
+        return plan_tools(self.chat_template, tools, tool_choice, parallel_tool_calls, self.config.serve.tool_parser)
+
+    @property
+    def chat_template(self) -> str:
+        """The model's chat template (or ChatML's, for a model that ships none)."""
+        return self.tokenizer.chat_template or DEFAULT_CHATML_TEMPLATE
+
+    def chat_prompt_ids(self, messages: list[dict[str, Any]], tools: ToolPlan | None = None) -> list[int]:
+        """The prompt's token ids; ``tools`` (from :meth:`tool_plan`) puts the offered tools and past
+        calls into it as the template or the generic format wants them."""
         tok = self.tokenizer
-        text = render_chat(tok.chat_template or DEFAULT_CHATML_TEMPLATE, messages, add_generation_prompt=True,
-                           bos_token=tok.bos_token, eos_token=tok.eos_token)
+        if tools is None:
+            tools = self.tool_plan()
+        messages, extra = tools.render_inputs(messages)
+        text = render_chat(self.chat_template, messages, add_generation_prompt=True,
+                           bos_token=tok.bos_token, eos_token=tok.eos_token, **extra)
         ids = tok.encode(text, add_special=False, parse_special=True)
         # Templates usually write BOS themselves; add it only when the model wants one and it is absent.
         if tok.add_bos and tok.bos_id is not None and ids[:1] != [tok.bos_id]:
             ids.insert(0, tok.bos_id)
         return ids
+
+    def _tool_deltas(self, ids: list[int], sampling: dict[str, Any], plan: ToolPlan):
+        parser = plan.new_parser()
+        markers = marker_token_texts(self.tokenizer, plan.parser)
+        for _, event in self.run([ids], **sampling):
+            text = markers.get(event.token, "") + (event.text or "") if markers else event.text
+            if text:
+                yield from parser.feed(text)
+        yield from parser.finish()
 
     def logits(self, token_ids: Sequence[int]) -> torch.Tensor:
         """Logits at every position for one full sequence: ``[len, vocab]`` float32 on the CPU."""

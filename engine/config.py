@@ -53,6 +53,7 @@ def validate_config(config: Config) -> None:
     """Reject bad values of the composed config before anything loads (a bad sampling value found
     after minutes of loading is a bad first experience). Raises ValueError naming the setting."""
     from mistralrs.conf.schema import SamplingConfig
+    from mistralrs.engine.tools.parsers import TOOL_PARSERS
 
     checks = [
         ("model.dtype", config.model.dtype in ("auto", "float32", "bfloat16", "float16", "f32", "bf16", "f16"),
@@ -68,6 +69,7 @@ def validate_config(config: Config) -> None:
          "auto, float32, float16 or bfloat16"),
         ("serve.port", 0 <= config.serve.port <= 65535, "in [0, 65535]"),
         ("bench.mode", config.bench.mode in ("engine", "served"), "engine or served"),
+        ("serve.tool_parser", config.serve.tool_parser in ("auto", *TOOL_PARSERS), f"auto, {', '.join(TOOL_PARSERS)}"),
     ]
     for key, ok, allowed in checks:
         if not ok:

@@ -78,3 +78,35 @@ def test_prompt_longer_than_context_is_an_error(llm):
     ids = [5] * (llm.loaded.max_seq_len + 1)
     with pytest.raises(ValueError, match="context"):
         llm.logits(ids)
+
+
+def test_chat_with_tools_returns_openai_style_calls(tmp_path):
+    import json
+
+    from mistralrs.engine.tools import ContentDelta, ToolCallDelta, ToolRequestError
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},
+              "required": ["n"], "additionalProperties": False}
+    tools = [{"type": "function", "function": {"name": "pick", "parameters": schema}}]
+    chat = [{"role": "user", "content": "pick"}]
+    # a template that takes tools in the hermes format, short enough for the tiny model's context
+    from tiny_models import make_tiny_llama, write_byte_tokenizer
+
+    make_tiny_llama(tmp_path)
+    write_byte_tokenizer(tmp_path, chat_template="{% if tools %}<tool_call>{{ tools | length }}{% endif %}" + TEMPLATE)
+    llm = mistralrs.load("model=llama", f"model.source={tmp_path}", "model.dtype=float32", "model.device=cpu")
+    assert llm.tool_plan(tools).via_template
+    message = llm.chat(chat, tools=tools, tool_choice="required", parallel_tool_calls=False, max_tokens=200,
+                       temperature=0.9, seed=3)
+    assert message["role"] == "assistant" and message["content"] is None
+    (call,) = message["tool_calls"]
+    assert call["function"]["name"] == "pick" and 0 <= json.loads(call["function"]["arguments"])["n"] <= 9
+    deltas = list(llm.chat(chat, tools=tools, tool_choice="required", parallel_tool_calls=False, max_tokens=200,
+                           temperature=0.9, seed=3, stream=True))
+    assert all(isinstance(d, (ContentDelta, ToolCallDelta)) for d in deltas)
+    assert [d.arguments for d in deltas if d.id is None] == [call["function"]["arguments"]]
+    # the random tiny model says no call by itself: auto gives plain content
+    free = llm.chat(chat, tools=tools, max_tokens=5, temperature=0, ignore_eos=True)
+    assert free["content"] and "tool_calls" not in free
+    with pytest.raises(ToolRequestError, match="tool_choice"):
+        llm.chat(chat, tools=tools, tool_choice={"type": "function", "function": {"name": "other"}})

@@ -32,11 +32,8 @@ from mistralrs.engine.structured import (
 )
 from mistralrs.engine.tokenizer import TextTokenizer, tokenizer_from_gguf, tokenizer_from_hf_dir
 
+from structured_helpers import PADDING, sample_until_finished
 from tiny_models import write_byte_tokenizer
-
-# Model vocabularies are often padded past the tokenizer's (to a multiple of 64/128): logits wider than
-# the tokenizer; 45 is not a multiple of 32, so the padding also straddles a bitmask word.
-PADDING = 45
 
 PERSON_SCHEMA = {
     "type": "object",
@@ -77,32 +74,6 @@ def smol_tok(smollm2_gguf) -> TextTokenizer:
 @pytest.fixture(params=["byte", "smollm2"])
 def tok(request) -> TextTokenizer:
     return request.getfixturevalue("byte_tok" if request.param == "byte" else "smol_tok")
-
-
-def sample_until_finished(grammar, tok: TextTokenizer, seed: int, max_steps: int = 3000) -> str:
-    """Sample from uniform random logits (padded past the vocabulary) under the grammar's mask until
-    the grammar is complete or an end-of-generation token is drawn; the generated text."""
-    state = GrammarState(grammar, tok)
-    masker = BatchMasker(tok)
-    gen = torch.Generator().manual_seed(seed)
-    ids: list[int] = []
-    for _ in range(max_steps):
-        logits = torch.rand((1, tok.vocab_size + PADDING), generator=gen)
-        masker.apply(logits, [state])
-        # a draw from softmax(logits) by the Gumbel-max trick (torch.multinomial is ~1.5 ms at 49k)
-        gumbel = -torch.log(-torch.log(torch.rand(logits.shape, generator=gen)))
-        token = int((logits + gumbel).argmax())
-        assert token < tok.vocab_size, "a padding id was sampled"
-        state.advance(token)
-        if token in tok.eog_ids:
-            break
-        ids.append(token)
-        if state.is_finished():
-            break
-    else:
-        pytest.fail(f"no end after {max_steps} tokens: {tok.decode(ids)[:200]!r}...")
-    assert state.is_accepting()
-    return tok.decode(ids)
 
 
 # ----------------------------------------------------------------------------- sampling under masks

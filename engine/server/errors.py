@@ -19,7 +19,8 @@ from mistralrs.engine.core.async_engine import EngineClosed
 from mistralrs.engine.core.context_policy import ContextLengthExceeded
 from mistralrs.engine.core.sampler import InvalidSamplingParam
 from mistralrs.engine.core.scheduler import QueueFull
-from mistralrs.engine.tokenizer.chat_template import ChatTemplateError
+from mistralrs.engine.tokenizer.chat_template import ChatTemplateCancelled, ChatTemplateError
+from mistralrs.engine.tools.request import ToolRequestError
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +70,12 @@ def engine_errors(prompt_param: str, param_names: dict[str, str] | None = None,
     except QueueFull as exc:
         raise APIError(503, f"the server is busy: {exc}; retry later", code="queue_full",
                        headers={"Retry-After": str(retry_after)}) from None
-    except EngineClosed as exc:
+    except (EngineClosed, ChatTemplateCancelled) as exc:
         raise APIError(503, str(exc), code="shutting_down", headers={"Retry-After": str(retry_after)}) from None
     except ChatTemplateError as exc:
         raise invalid(str(exc), "messages") from None
+    except ToolRequestError as exc:
+        raise invalid(str(exc), exc.param) from None
     except ValueError as exc:  # empty prompt, token ids out of range, ...
         raise invalid(str(exc), prompt_param) from None
 

@@ -82,7 +82,9 @@ async def probe_request_grammar(params: SamplingParams, req: SamplingFields, tok
     try:
         await asyncio.to_thread(probe_grammar, params.grammar, tokenizer)
     except GrammarError as exc:
-        raise invalid(str(exc), "structured_outputs" if req.structured_outputs is not None else "response_format") from None
+        field = ("tools" if params.grammar.kind == "tool_choice" else
+                 "structured_outputs" if req.structured_outputs is not None else "response_format")
+        raise invalid(str(exc), field) from None
 
 
 def for_prompt(base: SamplingParams, prompt_len: int, requested: int | None, *, max_seq_len: int,

@@ -26,12 +26,15 @@ async def tokenize(request: Request) -> Response:
     server.check_model(req.model)
     if (req.prompt is None) == (req.messages is None):
         raise invalid("give exactly one of prompt (text) or messages (a chat)", "prompt")
+    if req.messages is None and (req.tools is not None or req.tool_choice is not None):
+        raise invalid("tools are rendered with messages (a chat), not with a prompt", "tools")
     tok = server.tokenizer
     if req.messages is not None:
         if len(req.messages) > server.cfg.max_messages:
             raise invalid(f"at most {server.cfg.max_messages} messages are allowed", "messages")
         with engine_errors("messages"):
-            ids = await asyncio.to_thread(server.llm.chat_prompt_ids, req.messages)
+            tools = server.llm.tool_plan(req.tools, req.tool_choice)
+            ids = await asyncio.to_thread(server.llm.chat_prompt_ids, req.messages, tools)
     else:
         ids = await asyncio.to_thread(tok.encode, req.prompt, add_special=req.add_special_tokens, parse_special=True)
     return json_response({"tokens": ids, "count": len(ids), "max_model_len": server.max_seq_len})

@@ -48,9 +48,10 @@ class SamplingFields(Struct, kw_only=True):
     # structured outputs (engine/structured/request_formats.py): OpenAI's shape and vLLM's
     response_format: Any = None
     structured_outputs: Any = None
-    # OpenAI features this server does not implement: refused by refuse_unsupported, never ignored
+    # tool calling: chat only (engine/tools); /v1/completions refuses them like the features below
     tools: Any = None
     tool_choice: Any = None
+    # OpenAI features this server does not implement: refused by refuse_unsupported, never ignored
     functions: Any = None
     function_call: Any = None
     audio: Any = None
@@ -66,7 +67,8 @@ class SamplingFields(Struct, kw_only=True):
 # OpenAI request fields this server does not implement, and the values that ask for nothing (which
 # are accepted). Any other value is a 400 naming the field: answering without the feature would look
 # like success and be wrong. Fields that only describe the caller (user, metadata, safety_identifier,
-# prompt_cache_key, parallel_tool_calls without tools) are accepted and have no effect.
+# prompt_cache_key) are accepted and have no effect. The legacy functions/function_call are refused
+# with a pointer to tools.
 UNIMPLEMENTED = {
     "tools": (None, []),
     "functions": (None, []),
@@ -83,12 +85,14 @@ UNIMPLEMENTED = {
 }
 
 
-def refuse_unsupported(req: SamplingFields) -> None:
-    """A 400 naming the first requested feature the server cannot honour (tool calling, audio, ...)."""
+def refuse_unsupported(req: SamplingFields, implemented: tuple[str, ...] = ()) -> None:
+    """A 400 naming the first requested feature the server cannot honour (audio, ...); the route names
+    the ones it implements (chat: tools, tool_choice)."""
     for field, harmless in UNIMPLEMENTED.items():
         value = getattr(req, field)
-        if not any(value == ok for ok in harmless):
-            raise invalid(f"{field}={_short(value)} is not supported by this server (accepted: "
+        if field not in implemented and not any(value == ok for ok in harmless):
+            hint = " (use tools and tool_choice)" if field in ("functions", "function_call") else ""
+            raise invalid(f"{field}={_short(value)} is not supported by this server{hint} (accepted: "
                           f"{', '.join(_short(ok) for ok in harmless)})", field)
 
 
@@ -99,6 +103,7 @@ def _short(value: Any) -> str:
 
 class ChatCompletionRequest(SamplingFields, kw_only=True):
     messages: list[dict[str, Any]]
+    parallel_tool_calls: Any = None
     max_completion_tokens: int | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
@@ -116,6 +121,8 @@ class TokenizeRequest(Struct, kw_only=True):
     model: str | None = None
     prompt: str | None = None
     messages: list[dict[str, Any]] | None = None  # tokenize a chat as the chat endpoint would
+    tools: Any = None  # with messages: the prompt the chat endpoint renders with these tools
+    tool_choice: Any = None
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
 

@@ -25,6 +25,7 @@ from mistralrs.engine.structured.schema_check import check_schema_keywords
 
 __all__ = [
     "GRAMMAR_KINDS",
+    "JSON_OPTIONS",
     "CompiledGrammar",
     "compile_choice",
     "compile_grammar",
@@ -36,7 +37,7 @@ __all__ = [
 
 # Applied after the schema's own "x-guidance" (which check_schema_keywords refuses anyway):
 # lenient=False turns llguidance's unimplemented-keyword warnings into errors.
-_JSON_OPTIONS = {
+JSON_OPTIONS = {
     "lenient": False,
     "whitespace_pattern": rf"[\x20\x0A\x0D\x09]{{0,{JSON_WHITESPACE_RUN}}}",
 }
@@ -77,7 +78,7 @@ def compile_json_schema(schema: Mapping, *, strict: bool | None = None) -> Compi
     check_size("JSON schema", len(text))
     check_schema_keywords(schema)
     try:
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(text, overrides=_JSON_OPTIONS)
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(text, overrides=JSON_OPTIONS)
     except ValueError as e:
         raise GrammarError(f"invalid JSON schema: {e}") from None
     return _validated("JSON schema", grammar)
@@ -120,11 +121,12 @@ def compile_choice(choices: Sequence[str]) -> CompiledGrammar:
     return _validated("choice", llguidance.LLMatcher.grammar_from_lark(lark))
 
 
-def compile_lark(grammar: str) -> CompiledGrammar:
-    """Output = a sentence of a Lark grammar (llguidance's dialect; its rule ``start`` is the top)."""
+def compile_lark(grammar: str, *, max_chars: int | None = None) -> CompiledGrammar:
+    """Output = a sentence of a Lark grammar (llguidance's dialect; its rule ``start`` is the top).
+    ``max_chars`` raises the size limit for grammars the server builds (from many tools' schemas)."""
     if not isinstance(grammar, str):
         raise GrammarError(f"grammar must be a string, got {type(grammar).__name__}")
-    check_size("grammar", len(grammar))
+    check_size("grammar", len(grammar), max_chars)
     return _validated("grammar", llguidance.LLMatcher.grammar_from_lark(grammar))
 
 

@@ -28,10 +28,11 @@ MAX_SCHEMA_DEPTH = 64
 JSON_WHITESPACE_RUN = 64
 
 
-def check_size(kind: str, chars: int) -> None:
-    """Refuse grammar source longer than MAX_GRAMMAR_CHARS before any work is spent on it."""
-    if chars > MAX_GRAMMAR_CHARS:
-        raise GrammarError(f"{kind} is too large: {chars} characters, the limit is {MAX_GRAMMAR_CHARS}")
+def check_size(kind: str, chars: int, limit: int | None = None) -> None:
+    """Refuse grammar source longer than MAX_GRAMMAR_CHARS (or ``limit``) before any work is spent on it."""
+    limit = MAX_GRAMMAR_CHARS if limit is None else limit
+    if chars > limit:
+        raise GrammarError(f"{kind} is too large: {chars} characters, the limit is {limit}")
 
 
 def parser_limits() -> llguidance.LLParserLimits:
