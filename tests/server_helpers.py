@@ -115,3 +115,12 @@ def tiny_server_args(model_dir: Path, *extra: str) -> list[str]:
 def token_ids(logprob_tokens: list[str]) -> list[int]:
     """Ids from ``logprobs.tokens`` of a request made with ``return_tokens_as_token_ids``."""
     return [int(t.removeprefix("token_id:")) for t in logprob_tokens]
+
+
+def real_model_args(request) -> list[str]:
+    """Overrides serving the real model a fixture is parametrized with: "smollm2" (the default model)
+    or "gemma3"; the model file comes from its session fixture (a PyPI package, not a hub)."""
+    if request.param == "gemma3":
+        return ["model=gemma3", f"model.source={request.getfixturevalue('gemma3_gguf')}"]
+    request.getfixturevalue("smollm2_gguf")
+    return []

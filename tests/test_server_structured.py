@@ -1,4 +1,4 @@
-"""Structured outputs through the OpenAI endpoint, with the official client, on the real SmolLM2 at
+"""Structured outputs through the OpenAI endpoint, with the official client, on the real SmolLM2 and Gemma 3 at
 temperature 0.8 and varied seeds: every constrained answer validates, whatever the model would have
 said freely; unsupported schema keywords are 400s naming them."""
 
@@ -10,7 +10,7 @@ import signal
 
 import pytest
 
-from server_helpers import ServerProcess
+from server_helpers import ServerProcess, real_model_args
 
 jsonschema = pytest.importorskip("jsonschema")
 pytestmark = pytest.mark.slow
@@ -28,9 +28,9 @@ PERSON = {
 ASK = [{"role": "user", "content": "Describe a person as JSON."}]
 
 
-@pytest.fixture(scope="module")
-def server(smollm2_gguf, tmp_path_factory):
-    proc = ServerProcess("sampling.max_tokens=120", cwd=tmp_path_factory.mktemp("cwd"))
+@pytest.fixture(scope="module", params=["smollm2", "gemma3"])
+def server(request, tmp_path_factory):
+    proc = ServerProcess("sampling.max_tokens=120", *real_model_args(request), cwd=tmp_path_factory.mktemp("cwd"))
     yield proc
     assert proc.stop(signal.SIGTERM) == 0, proc.stderr
 
@@ -42,7 +42,7 @@ def _schema_format(schema: dict) -> dict:
 def test_json_schema_answers_validate(server):
     client = server.client()
     for seed in range(4):
-        r = client.chat.completions.create(model="smollm2", messages=ASK, temperature=0.8, seed=seed,
+        r = client.chat.completions.create(model=server.model, messages=ASK, temperature=0.8, seed=seed,
                                            response_format=_schema_format(PERSON))
         choice = r.choices[0]
         assert choice.finish_reason == "stop", choice
@@ -51,17 +51,17 @@ def test_json_schema_answers_validate(server):
 
 def test_streamed_and_n2_answers_validate(server):
     client = server.client()
-    stream = client.chat.completions.create(model="smollm2", messages=ASK, temperature=0.8, seed=7, stream=True,
+    stream = client.chat.completions.create(model=server.model, messages=ASK, temperature=0.8, seed=7, stream=True,
                                             response_format=_schema_format(PERSON))
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     jsonschema.validate(json.loads(text), PERSON)
-    r = client.chat.completions.create(model="smollm2", messages=ASK, temperature=0.8, seed=8, n=2, logprobs=True,
+    r = client.chat.completions.create(model=server.model, messages=ASK, temperature=0.8, seed=8, n=2, logprobs=True,
                                        response_format=_schema_format(PERSON))
     for choice in r.choices:
         jsonschema.validate(json.loads(choice.message.content), PERSON)
         # logprobs come from the masked distribution: every reported token was allowed, so finite
         assert all(t.logprob > float("-inf") for t in choice.logprobs.content)
-    r = client.completions.create(model="smollm2", prompt="Is the sky green? Answer:", temperature=0.8, seed=2,
+    r = client.completions.create(model=server.model, prompt="Is the sky green? Answer:", temperature=0.8, seed=2,
                                   logprobs=5, extra_body={"structured_outputs": {"choice": ["yes", "no"]}})
     # masked tokens are not alternatives: every top logprob is a real number, for a token that starts
     # one of the choices
@@ -78,24 +78,24 @@ def test_parse_returns_the_pydantic_object(server):
         population: int
         coastal: bool
 
-    r = server.client().chat.completions.parse(model="smollm2", temperature=0.8, seed=3, response_format=City,
+    r = server.client().chat.completions.parse(model=server.model, temperature=0.8, seed=3, response_format=City,
                                                messages=[{"role": "user", "content": "Name a city."}])
     assert isinstance(r.choices[0].message.parsed, City)
 
 
 def test_json_object_choice_regex_and_lark(server):
     client = server.client()
-    r = client.chat.completions.create(model="smollm2", messages=ASK, temperature=0.8, seed=1,
+    r = client.chat.completions.create(model=server.model, messages=ASK, temperature=0.8, seed=1,
                                        response_format={"type": "json_object"})
     assert isinstance(json.loads(r.choices[0].message.content), dict)
     for seed in range(3):
-        choice = client.completions.create(model="smollm2", prompt="Is the sky green? Answer:", temperature=0.8,
+        choice = client.completions.create(model=server.model, prompt="Is the sky green? Answer:", temperature=0.8,
                                            seed=seed, extra_body={"structured_outputs": {"choice": ["yes", "no"]}})
         assert choice.choices[0].text in ("yes", "no")
-        regex = client.completions.create(model="smollm2", prompt="A date:", temperature=0.8, seed=seed,
+        regex = client.completions.create(model=server.model, prompt="A date:", temperature=0.8, seed=seed,
                                           extra_body={"structured_outputs": {"regex": r"20\d\d-[01]\d-[0-3]\d"}})
         assert re.fullmatch(r"20\d\d-[01]\d-[0-3]\d", regex.choices[0].text)
-        lark = client.completions.create(model="smollm2", prompt="Some arithmetic:", temperature=0.8, seed=seed,
+        lark = client.completions.create(model=server.model, prompt="Some arithmetic:", temperature=0.8, seed=seed,
                                          extra_body={"structured_outputs": {"grammar": 'start: NUM " + " NUM\nNUM: /[0-9]{1,3}/'}})
         assert re.fullmatch(r"[0-9]{1,3} \+ [0-9]{1,3}", lark.choices[0].text)
 

@@ -13,7 +13,7 @@ import jsonschema
 import openai
 import pytest
 
-from server_helpers import ServerProcess
+from server_helpers import ServerProcess, real_model_args
 
 pytestmark = pytest.mark.slow
 
@@ -32,12 +32,7 @@ ASK = [{"role": "user", "content": "What is the weather like in Paris today?"}]
 
 @pytest.fixture(scope="module", params=["smollm2", "gemma3"])
 def server(request, tmp_path_factory):
-    args = ["sampling.max_tokens=160"]
-    if request.param == "gemma3":
-        args += ["model=gemma3", f"model.source={request.getfixturevalue('gemma3_gguf')}"]
-    else:
-        request.getfixturevalue("smollm2_gguf")
-    proc = ServerProcess(*args, cwd=tmp_path_factory.mktemp("cwd"))
+    proc = ServerProcess("sampling.max_tokens=160", *real_model_args(request), cwd=tmp_path_factory.mktemp("cwd"))
     yield proc
     assert proc.stop(signal.SIGTERM) == 0, proc.stderr
 
@@ -157,3 +152,26 @@ def test_completions_refuse_tools(server):
     with pytest.raises(openai.BadRequestError) as info:
         server.client().completions.create(model=server.model, prompt="x", max_tokens=2, extra_body={"tools": TOOLS})
     assert info.value.body["param"] == "tools"
+
+
+def test_langchain_openai_works_unchanged(server):
+    from langchain_openai import ChatOpenAI
+    from pydantic import BaseModel, Field
+
+    class City(BaseModel):
+        """A city and its country."""
+
+        name: str = Field(max_length=24)
+        country: str = Field(max_length=24)
+
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        raise AssertionError("only the model's call is checked")
+
+    llm = ChatOpenAI(base_url=f"{server.url}/v1", api_key="unused", model=server.model, temperature=0.8,
+                     max_tokens=120, seed=2)
+    assert isinstance(llm.with_structured_output(City).invoke("Name a city in France."), City)
+    for choice in ("get_weather", "any"):
+        message = llm.bind_tools([get_weather], tool_choice=choice).invoke("What is the weather in Paris?")
+        assert message.tool_calls and all(c["name"] == "get_weather" and isinstance(c["args"]["city"], str)
+                                          for c in message.tool_calls)
