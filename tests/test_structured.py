@@ -149,6 +149,17 @@ def test_unsupported_schema_is_refused_by_name(schema, named):
     assert named in str(err.value)
 
 
+def test_lark_embedded_json_schemas_get_the_keyword_check():
+    ok = compile_lark('start: "x=" v\nv: %json {"type": "integer", "minimum": 0}')
+    assert ok.kind == "grammar"
+    for bad, named in [('{"type": "object", "nullable": true}', "nullable"),
+                       ('{"type": "string", "x-guidance": {"lenient": true}}', "x-guidance")]:
+        with pytest.raises(GrammarError, match=named):
+            compile_lark(f'start: "a" v\nv: %json {bad}')
+    with pytest.raises(GrammarError):  # not JSON after %json: llguidance's own error
+        compile_lark('start: v\nv: %json {oops')
+
+
 def test_annotations_are_accepted():
     schema = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -121,13 +121,36 @@ def compile_choice(choices: Sequence[str]) -> CompiledGrammar:
     return _validated("choice", llguidance.LLMatcher.grammar_from_lark(lark))
 
 
-def compile_lark(grammar: str, *, max_chars: int | None = None) -> CompiledGrammar:
+def compile_lark(grammar: str, *, server_built: bool = False, max_chars: int | None = None) -> CompiledGrammar:
     """Output = a sentence of a Lark grammar (llguidance's dialect; its rule ``start`` is the top).
-    ``max_chars`` raises the size limit for grammars the server builds (from many tools' schemas)."""
+
+    JSON schemas embedded with ``%json {...}`` get the same keyword check as a request's schema (and
+    so cannot carry ``x-guidance`` options), unless the server built the grammar (``server_built``,
+    which may also raise the size limit with ``max_chars``: tools' schemas add up)."""
     if not isinstance(grammar, str):
         raise GrammarError(f"grammar must be a string, got {type(grammar).__name__}")
     check_size("grammar", len(grammar), max_chars)
+    if not server_built:
+        for schema in _embedded_json_schemas(grammar):
+            check_schema_keywords(schema)
     return _validated("grammar", llguidance.LLMatcher.grammar_from_lark(grammar))
+
+
+def _embedded_json_schemas(grammar: str) -> list[object]:
+    """The schemas after each ``%json`` in a Lark grammar (one that does not parse is llguidance's to
+    refuse)."""
+    decoder = json.JSONDecoder()
+    out, at = [], grammar.find("%json")
+    while at >= 0:
+        start = at + len("%json")
+        while start < len(grammar) and grammar[start].isspace():
+            start += 1
+        try:
+            out.append(decoder.raw_decode(grammar, start)[0])
+        except (json.JSONDecodeError, RecursionError):
+            out.append({})  # not JSON: nothing to walk, and llguidance's parser names the error
+        at = grammar.find("%json", start)
+    return out
 
 
 GRAMMAR_KINDS = ("json_schema", "json_object", "regex", "choice", "lark")

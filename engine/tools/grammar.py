@@ -37,7 +37,7 @@ def forced_call_grammar(request: ToolRequest, parser: type[ToolCallParser]) -> C
         f"call: {_lit(parser.forced_call_prefix)} obj {_lit(parser.forced_call_suffix)}",
         "obj: %json " + json.dumps(one_call, ensure_ascii=False, separators=(",", ":")),
     ])
-    compiled = compile_lark(lark, max_chars=MAX_TOOL_GRAMMAR_CHARS)
+    compiled = compile_lark(lark, server_built=True, max_chars=MAX_TOOL_GRAMMAR_CHARS)
     return CompiledGrammar("tool_choice", compiled.grammar, compiled.warnings)
 
 
