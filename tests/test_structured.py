@@ -305,6 +305,17 @@ def test_batch_masker_masks_only_constrained_rows(byte_tok, device):
         assert torch.equal(logits[row, kept], original[row, kept])
 
 
+@pytest.mark.parametrize("extra_columns", [PADDING, 0, -1])  # padded past the bitmask, exact, one id short
+def test_masks_prepared_during_the_forward_pass_equal_the_direct_ones(byte_tok, extra_columns):
+    masker = BatchMasker(byte_tok)
+    states = [None, GrammarState(compile_regex("[a-c]+"), byte_tok), GrammarState(compile_choice(["q"]), byte_tok)]
+    direct = torch.randn((3, byte_tok.vocab_size + extra_columns))
+    prepared = direct.clone()
+    masker.start(states).apply(prepared)  # the engine starts it before the forward pass
+    masker.apply(direct, states)
+    assert torch.equal(direct, prepared)
+
+
 def test_apply_token_bitmask_reads_every_bit():
     vocab = 70
     allowed = torch.tensor([0, 31, 32, 63, 64, 69])

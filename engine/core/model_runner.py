@@ -31,6 +31,10 @@ class ModelRunner:
         batches = [paged_batch([(s.seq.block_tables[c], s.seq.num_cached, s.num_new) for s in scheduled],
                                self.pool.block_size, self.device) for c in range(self.pool.num_caches)]
         batch = batches[-1]
+        # the grammar masks of the rows sampled this step are computed while the forward pass runs
+        grammars = [s.seq.grammar for s in scheduled if s.sample]
+        masks = (self.masker.start(grammars)
+                 if self.masker is not None and any(g is not None for g in grammars) else None)
         input_ids = torch.tensor(ids, device=self.device)
         hidden = self.model.step(input_ids, batches, self.cache, [s.seq for s in scheduled])
         self._prompt_logprobs(scheduled, batch, hidden)
@@ -39,9 +43,8 @@ class ModelRunner:
             return Sampled([], []), []
         last = torch.tensor([seg.q_start + seg.q_len - 1 for _, seg in due], device=self.device)
         logits = self.model.logits(hidden[last])
-        grammars = [s.seq.grammar for s, _ in due]
-        if self.masker is not None and any(g is not None for g in grammars):
-            self.masker.apply(logits, grammars)  # before sampling, so logprobs see the mask too
+        if masks is not None:
+            masks.apply(logits)  # before sampling, so logprobs see the mask too
         rows = [SampleRow(s.seq.params, s.seq.generator, s.seq.prompt_ids, s.seq.output_ids) for s, _ in due]
         return self.sampler(logits, rows), [s for s, _ in due]
 
