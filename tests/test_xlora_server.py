@@ -64,3 +64,29 @@ def test_chat_completion_streams(server):
     whole = client.chat.completions.create(model=server.model, messages=[{"role": "user", "content": "hi"}],
                                            max_tokens=5, temperature=0, extra_body={"ignore_eos": True})
     assert "".join(pieces) == whole.choices[0].message.content
+
+
+def test_constrained_requests_beside_free_ones(server):
+    """X-LoRA's two passes and a grammar mask share steps: constrained answers match, free ones decode."""
+    import re
+
+    client = server.async_client()
+    pattern = r"[a-d]{3}-[0-9]{2}"
+
+    async def constrained(seed):
+        r = await client.completions.create(model=server.model, prompt="code:", max_tokens=20, temperature=0.9,
+                                            seed=seed, extra_body={"structured_outputs": {"regex": pattern}})
+        return r.choices[0]
+
+    async def free(prompt):
+        r = await client.completions.create(model=server.model, prompt=prompt, max_tokens=8, temperature=0,
+                                            extra_body={"ignore_eos": True})
+        return r.choices[0]
+
+    async def all_of():
+        return await asyncio.gather(*(constrained(s) for s in range(4)), *(free(p) for p in PROMPTS))
+
+    results = asyncio.run(all_of())
+    for choice in results[:4]:
+        assert re.fullmatch(pattern, choice.text) and choice.finish_reason == "stop", choice
+    assert all(c.finish_reason == "length" for c in results[4:])
