@@ -53,6 +53,9 @@ def both_paths(llm):
     ("mistral", "q8_0", ("model.sliding_window=8",)),  # windows shorter than the prompts
     ("gemma", "q5_1", ()),  # GeGLU, (1 + w) norms, scaled embeddings
     ("gemma3", "q8_0", ()),  # Q/K norms, sandwich norms, local/global layers with two RoPE tables
+    ("qwen2", "q4_k", ()),  # biases on q/k/v
+    ("qwen2", "none", ("model.dtype=float32",)),  # biases over float32 weights
+    ("qwen3", "q6_k", ()),  # plain-weight Q/K norms, head_dim != hidden / heads
 ])
 def test_native_stack_equals_module_path(family, quant, extra, tiny_llama):
     source = tiny_llama if family == "llama" else TINY / f"{family}.gguf"

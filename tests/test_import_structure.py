@@ -188,3 +188,14 @@ def test_engine_and_registry_do_not_import_plugins():
                  if module.startswith(CORE_PREFIXES) for target in sorted(targets)
                  if target == PLUGINS or target.startswith(PLUGINS + ".")]
     assert not offenders, "the engine and registry must not import plugins:\n" + "\n".join(offenders)
+
+
+def test_every_package_is_listed_for_installation():
+    """pyproject's explicit package list: an editable install imports an unlisted subpackage, a wheel
+    would leave it out."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {PACKAGE + "".join("." + p for p in init.parent.relative_to(ROOT).parts)
+             for top in ("engine", "registry", "plugins", "conf") for init in (ROOT / top).rglob("__init__.py")}
+    assert found - listed == set()

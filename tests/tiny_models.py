@@ -34,9 +34,9 @@ def write_byte_tokenizer(path: Path, chat_template: str | None = None, vocab_siz
 def _make_tiny(path: Path, config_cls, model_cls, settings: dict, seed: int) -> "torch.nn.Module":
     torch.manual_seed(seed)
     model = model_cls(config_cls(**settings, attn_implementation="eager")).eval()
-    with torch.no_grad():  # random init leaves norms at 1 (Gemma: 0); perturb them so a missed norm shows
-        for name, p in model.named_parameters():
-            if "norm" in name:
+    with torch.no_grad():  # random init leaves norms at 1 (Gemma: 0) and biases at 0; perturb them so a
+        for name, p in model.named_parameters():  # missed norm or bias shows
+            if "norm" in name or name.endswith(".bias"):
                 p.add_(torch.randn_like(p) * 0.1)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True)
@@ -106,12 +106,32 @@ def make_tiny_gemma3(path: Path, seed: int = 4, **overrides) -> "torch.nn.Module
     return _make_tiny(path, Gemma3TextConfig, Gemma3ForCausalLM, settings, seed)
 
 
+def make_tiny_qwen2(path: Path, seed: int = 5, **overrides) -> "torch.nn.Module":
+    """Biases on q/k/v (perturbed by _make_tiny so they show), none on o; tied embeddings."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    settings = _llama_like(tie_word_embeddings=True, use_sliding_window=False)
+    settings.update(overrides)
+    return _make_tiny(path, Qwen2Config, Qwen2ForCausalLM, settings, seed)
+
+
+def make_tiny_qwen3(path: Path, seed: int = 6, **overrides) -> "torch.nn.Module":
+    """head_dim 32 != hidden 64 / 4 heads; RMSNorm on each q and k head; no biases."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    settings = _llama_like(head_dim=32, attention_bias=False, use_sliding_window=False, rms_norm_eps=1e-6)
+    settings.update(overrides)
+    return _make_tiny(path, Qwen3Config, Qwen3ForCausalLM, settings, seed)
+
+
 TINY_MAKERS = {
     "llama": make_tiny_llama,
     "mistral": make_tiny_mistral,
     "mixtral": make_tiny_mixtral,
     "gemma": make_tiny_gemma,
     "gemma3": make_tiny_gemma3,
+    "qwen2": make_tiny_qwen2,
+    "qwen3": make_tiny_qwen3,
 }
 
 

@@ -26,6 +26,7 @@ struct Projection {
   std::vector<torch::Tensor> weights;  // repacked (quant_layout.h), or dense float32
   std::vector<int64_t> types, rows;
   std::vector<LowRank> loras;
+  c10::optional<torch::Tensor> bias;  // float32 over the whole output (Qwen2's q/k/v)
 
   torch::Tensor operator()(const torch::Tensor& x, const c10::optional<torch::Tensor>& column_scales) const {
     torch::Tensor y;
@@ -37,6 +38,7 @@ struct Projection {
         parts.push_back(types[i] == kDense ? at::mm(x, weights[i].t()) : quant_matmul_many(x, {weights[i]}, {types[i]}, {rows[i]}));
       y = parts.size() == 1 ? parts[0] : at::cat(parts, 1);
     }
+    if (bias) y.add_(*bias);
     for (const LowRank& lora : loras) {
       if (lora.offset < 0) {
         low_rank_add(y, x, lora.at, lora.bts, lora.rank_starts, lora.col_starts, c10::nullopt);
@@ -100,6 +102,19 @@ struct DecodeStack : torch::CustomClassHolder {
     p[which]->loras.push_back(LowRank{at, bts, rank_starts, col_starts, offset});
   }
 
+  // A bias on projection `which` (numbered as for set_lora) of the last layer added: float32 [outputs].
+  void set_bias(int64_t which, torch::Tensor bias) {
+    TORCH_CHECK(!layers.empty() && which >= 0 && which < 4, "DecodeStack.set_bias: no such projection");
+    TORCH_CHECK(bias.scalar_type() == torch::kFloat32 && bias.dim() == 1 && bias.is_contiguous(),
+                "DecodeStack.set_bias: bias must be a contiguous float32 vector");
+    Layer& L = layers.back();
+    Projection* p[] = {&L.qkv, &L.o, &L.gate_up, &L.down};
+    int64_t outputs = 0;
+    for (int64_t r : p[which]->rows) outputs += r;
+    TORCH_CHECK(bias.size(0) == outputs, "DecodeStack.set_bias: ", bias.size(0), " biases for ", outputs, " outputs");
+    p[which]->bias = bias;
+  }
+
   // x: [T, hidden] float32 (one token per sequence); cos/sin: the step's RoPE tables [T, 1, rot],
   // one pair per rope index; k/v: the caches [layers, slots, kv_heads, head_dim]. Returns x after
   // the last layer (before the final norm). column_scales: the low-rank terms' [T or 1, C] scales this
@@ -141,5 +156,6 @@ TORCH_LIBRARY_FRAGMENT(mistralrs_kernels, m) {
       .def("set_eps", &DecodeStack::set_eps)
       .def("add_layer", &DecodeStack::add_layer)
       .def("set_lora", &DecodeStack::set_lora)
+      .def("set_bias", &DecodeStack::set_bias)
       .def("step", &DecodeStack::step);
 }

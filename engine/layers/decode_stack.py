@@ -1,9 +1,9 @@
 """Every decoder layer's decode step in one native call (engine/kernels/decode_stack.cpp).
 
 A family describes each of its layers once (``DecodeLayerSpec``: which norms sit where, the fused
-projections, heads, window, RoPE table, activation). When every layer qualifies (projections without
-biases over repacked quantized or float32 weights, on the CPU), steps in which each sequence decodes
-one token run the whole stack natively, adapters' low-rank terms included (engine/layers/low_rank.py);
+projections, heads, window, RoPE table, activation). When every layer qualifies (projections over
+repacked quantized or float32 weights, with or without float32 biases, on the CPU), steps in which
+each sequence decodes one token run the whole stack natively, adapters' low-rank terms included (engine/layers/low_rank.py);
 anything else keeps the module path, which stays the reference the native one is tested against.
 """
 
@@ -57,7 +57,7 @@ def _weight(layer: nn.Module):
     """(tensor, type code, rows) of a layer's weight as the native stack takes it, or None."""
     from mistralrs.engine.quant.weights import DenseWeight, RepackedWeight
 
-    if type(layer) is not Linear or layer.bias is not None:
+    if type(layer) is not Linear:
         return None
     packed = layer.packed
     if isinstance(packed, RepackedWeight):
@@ -69,12 +69,16 @@ def _weight(layer: nn.Module):
 
 
 def _projection(layers: list[nn.Module], group: LinearGroup | None):
-    """(weights, types, rows, [(low-rank term, first output column)]) of layers sharing an input, or
-    None. An adapter-wrapped layer shows its ``base_layer`` and its ``term`` (engine/layers/low_rank.py);
-    a fused group of packed weights has one term for all its members."""
+    """(weights, types, rows, [(low-rank term, first output column)], bias or None) of layers sharing
+    an input, or None. An adapter-wrapped layer shows its ``base_layer`` and its ``term``
+    (engine/layers/low_rank.py); a fused group of packed weights has one term for all its members. The
+    bias covers the whole output (zeros for members without one)."""
     bases = [base_layer(layer) for layer in layers]
     weights = [_weight(base) for base in bases]
     if any(w is None for w in weights) or any(b is not l and l.term is None for l, b in zip(layers, bases)):
+        return None
+    bias = _bias(bases, [w[2] for w in weights])
+    if bias is False:
         return None
     plan = group.native_plan() if group is not None else None
     if plan is not None and plan[1] is not None:
@@ -82,7 +86,17 @@ def _projection(layers: list[nn.Module], group: LinearGroup | None):
     else:
         starts = [sum(w[2] for w in weights[:i]) for i in range(len(weights))]
         terms = [(layer.term, start) for layer, base, start in zip(layers, bases, starts) if layer is not base]
-    return [w[0] for w in weights], [w[1] for w in weights], [w[2] for w in weights], terms
+    return [w[0] for w in weights], [w[1] for w in weights], [w[2] for w in weights], terms, bias
+
+
+def _bias(bases: list[nn.Module], rows: list[int]):
+    """The members' biases as one float32 CPU vector, None without any, False if one cannot be used."""
+    biases = [b.bias for b in bases]
+    if all(b is None for b in biases):
+        return None
+    if any(b is not None and (b.dtype is not torch.float32 or b.device.type != "cpu") for b in biases):
+        return False
+    return torch.cat([b.detach().reshape(-1) if b is not None else torch.zeros(n) for b, n in zip(biases, rows)])
 
 
 class DecodeStack:
@@ -109,12 +123,14 @@ class DecodeStack:
                      _projection(list(s.gate_up.layers()), s.gate_up), _projection([s.down], None)]
             if any(p is None for p in parts):
                 return None
-            (qkv, qkv_t, qkv_n, _), (o, o_t, o_n, _), (gu, gu_t, gu_n, _), (down, down_t, down_n, _) = parts
+            (qkv, qkv_t, qkv_n, *_), (o, o_t, o_n, *_), (gu, gu_t, gu_n, *_), (down, down_t, down_n, *_) = parts
             opt = [n.scale() if n is not None else None for n in (s.q_norm, s.k_norm, s.post_attn_norm, s.post_ffn_norm)]
             stack.add_layer(s.attn_norm.scale(), s.ffn_norm.scale(), *opt, qkv, qkv_t, qkv_n, o[0], o_t[0], o_n[0],
                             gu, gu_t, gu_n, down[0], down_t[0], down_n[0], s.heads, s.kv_heads, s.head_dim,
                             float(s.scale), s.window or 0, s.rope, ACTIVATIONS[s.activation])
-            for which, (_, types, _, terms) in enumerate(parts):
+            for which, (_, types, _, terms, bias) in enumerate(parts):
+                if bias is not None:
+                    stack.set_bias(which, bias.contiguous())
                 factors = torch.float32 if DENSE in types else ADAPTER_DTYPE
                 for term, shift in terms:
                     if term.offset is not None:
