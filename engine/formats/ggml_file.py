@@ -54,9 +54,25 @@ def gguf_name(legacy: str) -> str | None:
     return f"{_TOP_NAMES[stem]}.weight" if kind == "weight" and stem in _TOP_NAMES else None
 
 
-def _expected_names(n_layer: int) -> set[str]:
-    names = {f"{v}.weight" for v in _TOP_NAMES.values()}
-    return names | {f"blk.{i}.{part}.weight" for i in range(n_layer) for part in _BLOCK_NAMES.values()}
+def _is_expected(name: str | None, n_layer: int) -> bool:
+    """Whether ``name`` (a GGUF name) is a tensor of an ``n_layer``-layer llama model."""
+    if name is None:
+        return False
+    if m := re.match(r"^blk\.(\d+)\.", name):
+        return int(m.group(1)) < n_layer
+    return True  # gguf_name gives only llama names
+
+
+def _missing(present: dict[str, Any], n_layer: int, most: int = 4) -> list[str]:
+    """Up to ``most`` tensors of an ``n_layer``-layer llama model that ``present`` lacks. Never builds
+    the whole list: a header's n_layer may be 2**32 - 1, and the first missing block comes within
+    as many blocks as the file holds."""
+    missing = [f"{v}.weight" for v in _TOP_NAMES.values() if f"{v}.weight" not in present]
+    for i in range(n_layer):
+        if len(missing) >= most:
+            break
+        missing += [name for part in _BLOCK_NAMES.values() if (name := f"blk.{i}.{part}.weight") not in present]
+    return missing[:most]
 
 
 def llama_vocab(items: list[tuple[bytes, float]]) -> tuple[list[str], list[float], list[int]]:
@@ -95,20 +111,27 @@ class GGMLCheckpoint(GGUFLayoutCheckpoint):
         hp = self.header.hparams
         if hp.n_head == 0 or hp.n_layer == 0 or hp.n_embd == 0 or hp.n_embd % hp.n_head:
             raise ModelFileError(self.path, f"{self.header.label}: bad hyper-parameters {hp}")
-        expected = _expected_names(hp.n_layer)
         self._entries = {}
         for t in self.header.tensors:
             name = gguf_name(t.name)
-            if name not in expected:
+            if not _is_expected(name, hp.n_layer):
                 raise ModelFileError(self.path, f"{self.header.label}: tensor {t.name!r} is not a tensor of a "
                                                 f"{hp.n_layer}-layer llama model")
             if known_types is not None and t.qtype not in known_types:
                 raise ModelFileError(self.path, f"tensor {t.name!r} has type {t.qtype}, which no registered quant type supports")
+            if name in self._entries:  # e.g. layers.0.x and layers.00.x: which one counts would be a guess
+                raise ModelFileError(self.path, f"{self.header.label}: tensors {self._entries[name].name!r} and "
+                                                f"{t.name!r} are both {name}")
             self._entries[name] = t
-        missing = sorted(expected - set(self._entries))
+        missing = _missing(self._entries, hp.n_layer)
         if missing:  # the header has no tensor count: a file cut at a tensor boundary shows up here
-            raise ModelFileError(self.path, f"{self.header.label}: no tensor(s) {', '.join(missing[:4])}"
-                                            f"{' ...' if len(missing) > 4 else ''} (truncated file?)")
+            layers = {name.split(".")[1] for name in self._entries if name.startswith("blk.")}
+            if len(layers) < hp.n_layer and missing[0].startswith(f"blk.{len(layers)}."):  # whole layers missing
+                raise ModelFileError(self.path, f"{self.header.label}: the header's n_layer is {hp.n_layer}, but the "
+                                                f"file holds the tensors of {len(layers)} layers (truncated file?)")
+            more = len(self._entries) < len(_TOP_NAMES) + len(_BLOCK_NAMES) * hp.n_layer - len(missing)
+            raise ModelFileError(self.path, f"{self.header.label}: no tensor(s) {', '.join(missing)}"
+                                            f"{' ...' if more else ''} (truncated file?)")
         self._bytes = np.frombuffer(self._map, dtype=np.uint8)
         self.configure(None)
 

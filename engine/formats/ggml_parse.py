@@ -15,7 +15,9 @@ The header holds no tensor count and no KV-head count, rope base or norm epsilon
 were current, so, as the converter does, older files are accepted only with layouts that are still
 today's: before ggjt v2 only F32/F16, and in ggjt v2 no Q4_0/Q4_1/Q8_0 (their scales became f16 in v3).
 Where the converter looks only at the header's file type, we check every tensor too, so a file
-never has its bytes misread.
+never has its bytes misread. Tensors cannot share bytes here (each one's data follows its own header,
+read in order), unlike GGUF's offset table; a name that appears twice is refused, and so (in
+ggml_file.py) are two legacy names of one tensor, such as ``layers.0.x`` and ``layers.00.x``.
 """
 
 from __future__ import annotations

@@ -38,6 +38,10 @@ class GGUFLayoutCheckpoint:
     def tensor_names(self) -> list[str]:
         return list(self._entries)
 
+    def tensor_shape(self, name: str) -> tuple[int, ...]:
+        """A tensor's element shape (torch order) without touching its data."""
+        return self._entries[name].shape
+
     def tensor(self, name: str) -> RawTensor:
         e = self._entries[name]
         data = self._bytes[e.offset : e.offset + e.n_bytes]

@@ -26,6 +26,9 @@ from mistralrs.registry import QuantTypeSpec
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4
+# arrays of arrays: gguf-py writes them, llama.cpp reads none; a few levels are plenty, and a bound
+# keeps a crafted file from recursing until Python gives up
+MAX_NESTING = 8
 
 _SCALAR = {
     GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H",
@@ -84,26 +87,28 @@ class _Cursor:
         self.pos += n
         return raw.decode("utf-8", errors="replace")
 
-    def value(self, vtype: int, what: str) -> Any:
+    def value(self, vtype: int, what: str, depth: int = 0) -> Any:
         if vtype == GGUFValueType.STRING:
             return self.string(what)
         if vtype == GGUFValueType.ARRAY:
+            if depth >= MAX_NESTING:  # recursion would otherwise end in a RecursionError
+                raise GGUFFormatError(f"{what}: arrays nested more than {MAX_NESTING} deep")
             item_type = self.unpack("<I", what)
             count = self.unpack("<Q", what)
-            return self.array(item_type, count, what)
+            return self.array(item_type, count, what, depth + 1)
         try:
             fmt = _SCALAR[GGUFValueType(vtype)]
         except (ValueError, KeyError):
             raise GGUFFormatError(f"{what}: unknown value type {vtype}") from None
         return self.unpack(fmt, what)
 
-    def array(self, item_type: int, count: int, what: str) -> list[Any]:
+    def array(self, item_type: int, count: int, what: str, depth: int = 1) -> list[Any]:
         if item_type == GGUFValueType.STRING:
             self.need(count * 8, what)  # every string has at least its 8-byte length
             return [self.string(what) for _ in range(count)]
         if item_type == GGUFValueType.ARRAY:
             self.need(count * 12, what)
-            return [self.value(GGUFValueType.ARRAY, what) for _ in range(count)]
+            return [self.value(GGUFValueType.ARRAY, what, depth) for _ in range(count)]
         try:
             dtype = np.dtype(_NUMPY[GGUFValueType(item_type)])
         except (ValueError, KeyError):

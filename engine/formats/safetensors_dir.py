@@ -26,6 +26,17 @@ def detect(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file that must hold an object; anything else is a ModelFileError naming the file."""
+    try:
+        value = json.loads(path.read_bytes())  # bytes: a BOM or UTF-16 is detected, bad UTF-8 refused
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: JSON, UTF-8, the int-digits limit
+        raise ModelFileError(path, f"unreadable JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ModelFileError(path, f"must hold a JSON object, got {type(value).__name__}")
+    return value
+
+
 class SafetensorsCheckpoint:
     format = "safetensors"
 
@@ -33,10 +44,7 @@ class SafetensorsCheckpoint:
         from safetensors import safe_open
 
         self.path = Path(path)
-        try:
-            self.metadata: dict[str, Any] = json.loads((self.path / "config.json").read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ModelFileError(self.path / "config.json", f"unreadable config: {exc}") from exc
+        self.metadata: dict[str, Any] = read_json_object(self.path / "config.json")
         files = sorted(self.path.glob("*.safetensors"))
         if not files:
             if any(p.suffix in PICKLE_SUFFIXES for p in self.path.iterdir()):
@@ -55,7 +63,7 @@ class SafetensorsCheckpoint:
         self.generation_config: dict[str, Any] = {}
         gen = self.path / "generation_config.json"
         if gen.is_file():
-            self.generation_config = json.loads(gen.read_text())
+            self.generation_config = read_json_object(gen)
 
     def architecture(self) -> ArchitectureHint:
         archs = self.metadata.get("architectures") or []
@@ -65,6 +73,10 @@ class SafetensorsCheckpoint:
 
     def tensor_names(self) -> list[str]:
         return list(self._where)
+
+    def tensor_shape(self, name: str) -> tuple[int, ...]:
+        """A tensor's shape from the file's header, without reading its data."""
+        return tuple(self._where[name].get_slice(name).get_shape())
 
     def tensor(self, name: str) -> RawTensor:
         t = self._where[name].get_tensor(name)

@@ -6,6 +6,8 @@ The other Llama-shaped families (Mistral, Mixtral, Gemma) subclass :class:`Llama
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -15,6 +17,93 @@ from mistralrs.engine.layers.rope import RopeConfig
 
 class ConfigError(ValueError):
     pass
+
+
+# Sizes and counts above this are refused: no model comes near, and products of two of them still
+# fit torch's int64 sizes (the meta-device build would overflow, not refuse, beyond).
+MAX_SIZE = 2**31 - 1
+# Layer counts above this are refused before anything per layer is made (the deepest models have a
+# few hundred); below it, the family checks the count against the blocks the file holds.
+MAX_LAYERS = 16384
+_REQUIRED = object()
+ROPE_SCALINGS = ("none", "linear", "llama3")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def int_field(source: Mapping[str, Any], key: str, default: Any = _REQUIRED, *, where: str = "GGUF metadata",
+              minimum: int = 1, maximum: int = MAX_SIZE) -> int:
+    """An integer hyper-parameter, refused with ``where`` and ``key`` named when it is absent (and
+    required), not an integer (an integral float passes) or outside ``minimum..maximum``. A value
+    equal to ``default`` (e.g. None for "not given") passes unchecked."""
+    if key not in source:
+        if default is _REQUIRED:
+            raise ConfigError(f"{where} lacks {key!r}")
+        return default
+    value = source[key]
+    if default is not _REQUIRED and value is default:
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where} {key!r} must be an integer, got {_shown(value)}")
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{where} {key!r} is {value}, outside {minimum}..{maximum}")
+    return value
+
+
+def float_field(source: Mapping[str, Any], key: str, default: Any, *, where: str = "GGUF metadata") -> Any:
+    """A real-valued hyper-parameter (ranges are the config's ``validate``'s business); a value
+    equal to ``default`` passes unchecked."""
+    value = source.get(key, default)
+    if value is default:
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where} {key!r} must be a number, got {_shown(value)}")
+    return float(value)
+
+
+def mapping_field(source: Mapping[str, Any], key: str, *, where: str = "config.json") -> dict[str, Any]:
+    """A JSON object (absent or null: empty)."""
+    value = source.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} {key!r} must be an object, got {_shown(value)}")
+    return dict(value)
+
+
+def _positive_finite(name: str, value: Any) -> None:
+    # NaN fails every comparison, so "not (x > 0)" refuses it along with zero and negatives
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 < value < float("inf")):
+        raise ConfigError(f"{name} must be a positive finite number, got {_shown(value)}")
+
+
+def validate_rope(rope: RopeConfig, head_dim: int, what: str = "rope") -> None:
+    """What RotaryEmbedding needs to build its tables: an even dimension within the head, a positive
+    finite base and factor, and, for llama3 scaling, bands that divide."""
+    if isinstance(rope.dim, bool) or not isinstance(rope.dim, int) or not (2 <= rope.dim <= head_dim and rope.dim % 2 == 0):
+        raise ConfigError(f"{what} dimension {_shown(rope.dim)} (GGUF rope.dimension_count, HF head_dim x "
+                          f"partial_rotary_factor) must be even and between 2 and head_dim {head_dim}")
+    _positive_finite(f"{what} theta (freq_base)", rope.theta)
+    if rope.scaling not in ROPE_SCALINGS:
+        raise ConfigError(f"unsupported {what} scaling {_shown(rope.scaling)} (supported: {', '.join(ROPE_SCALINGS)})")
+    if rope.scaling != "none":
+        _positive_finite(f"{what} scaling factor", rope.factor)
+    if rope.scaling == "llama3":
+        _positive_finite(f"{what} low_freq_factor", rope.low_freq_factor)
+        _positive_finite(f"{what} high_freq_factor", rope.high_freq_factor)
+        if not rope.high_freq_factor > rope.low_freq_factor:
+            raise ConfigError(f"{what} high_freq_factor {rope.high_freq_factor} must exceed low_freq_factor "
+                              f"{rope.low_freq_factor}")
+        if not 1 <= rope.original_max_position <= MAX_SIZE:
+            raise ConfigError(f"{what} original_max_position_embeddings {rope.original_max_position} must be positive")
+    if rope.freq_factors is not None and len(rope.freq_factors) != rope.dim // 2:
+        raise ConfigError(f"{what} has {len(rope.freq_factors)} frequency factors (rope_freqs.weight) for "
+                          f"{rope.dim // 2} frequencies")
 
 
 @dataclass
@@ -39,16 +128,16 @@ class LlamaConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "LlamaConfig":
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim"):
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+                     "head_dim", "max_position_embeddings"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_SIZE:
+                raise ConfigError(f"{name} must be a positive integer up to {MAX_SIZE}, got {_shown(value)}")
         if self.num_heads % self.num_kv_heads:
-            raise ConfigError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
-        # NaN fails every comparison, so "not (x > 0)" refuses it along with zero and negatives
-        for name, value in (("rms_norm_eps", self.rms_norm_eps), ("rope theta (freq_base)", self.rope.theta)):
-            if not (isinstance(value, (int, float)) and 0 < value < float("inf")):
-                raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
+            raise ConfigError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads} "
+                              "(GGUF attention.head_count / head_count_kv, HF num_attention_heads / num_key_value_heads)")
+        _positive_finite("rms_norm_eps", self.rms_norm_eps)
+        validate_rope(self.rope, self.head_dim)
         return self
 
 
@@ -64,33 +153,39 @@ def gguf_rope(meta: dict[str, Any], arch: str, head_dim: int, theta_key: str = "
     p = f"{arch}."
     scaling_type = meta.get(p + "rope.scaling.type", "none")
     if scaling_type not in ("none", "linear"):
-        raise ConfigError(f"unsupported rope scaling type {scaling_type!r} in GGUF metadata")
+        raise ConfigError(f"unsupported rope scaling type {_shown(scaling_type)} in GGUF metadata")
     return RopeConfig(
-        dim=int(meta.get(p + "rope.dimension_count", head_dim)),
-        theta=float(meta.get(p + theta_key, default_theta)),
+        dim=int_field(meta, p + "rope.dimension_count", head_dim),
+        theta=float_field(meta, p + theta_key, default_theta),
         scaling="linear" if scaling_type == "linear" else "none",
-        factor=float(meta.get(p + "rope.scaling.factor", 1.0) or 1.0),
+        factor=float_field(meta, p + "rope.scaling.factor", 1.0) or 1.0,
     )
+
+
+def gguf_vocab_size(meta: dict[str, Any], arch: str) -> int:
+    """``{arch}.vocab_size``, else the tokenizer's token count (as llama.cpp takes it)."""
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if f"{arch}.vocab_size" not in meta and not (isinstance(tokens, list) and tokens):
+        raise ConfigError(f"GGUF metadata lacks {arch}.vocab_size and tokenizer.ggml.tokens (to count)")
+    return int_field(meta, f"{arch}.vocab_size", len(tokens) if isinstance(tokens, list) else None)
 
 
 def llama_fields_from_gguf(meta: dict[str, Any], arch: str = "llama") -> dict[str, Any]:
     p = f"{arch}."
-    hidden = int(need(meta, p + "embedding_length"))
-    heads = int(need(meta, p + "attention.head_count"))
-    kv_heads = meta.get(p + "attention.head_count_kv", heads)
-    head_dim = int(meta.get(p + "attention.key_length", hidden // heads))
-    vocab = meta.get(p + "vocab_size") or len(meta.get("tokenizer.ggml.tokens") or [])
+    hidden = int_field(meta, p + "embedding_length")
+    heads = int_field(meta, p + "attention.head_count")
+    head_dim = int_field(meta, p + "attention.key_length", hidden // heads)
     return dict(
-        vocab_size=int(vocab),
+        vocab_size=gguf_vocab_size(meta, arch),
         hidden_size=hidden,
-        intermediate_size=int(need(meta, p + "feed_forward_length")),
-        num_layers=int(need(meta, p + "block_count")),
+        intermediate_size=int_field(meta, p + "feed_forward_length"),
+        num_layers=int_field(meta, p + "block_count", maximum=MAX_LAYERS),
         num_heads=heads,
-        num_kv_heads=int(kv_heads),
+        num_kv_heads=int_field(meta, p + "attention.head_count_kv", heads),
         head_dim=head_dim,
-        rms_norm_eps=float(meta.get(p + "attention.layer_norm_rms_epsilon", 1e-5)),
+        rms_norm_eps=float_field(meta, p + "attention.layer_norm_rms_epsilon", 1e-5),
         rope=gguf_rope(meta, arch, head_dim),
-        max_position_embeddings=int(meta.get(p + "context_length", 4096)),
+        max_position_embeddings=int_field(meta, p + "context_length", 4096),
     )
 
 
@@ -102,40 +197,46 @@ def hf_rope(cfg: dict[str, Any], head_dim: int, params: dict[str, Any] | None = 
     """transformers < 5 keeps rope_theta / rope_scaling at the top level; 5 nests them in rope_parameters.
     ``params`` picks one entry of a per-layer-type ``rope_parameters`` (Gemma 3)."""
     if params is None:
-        params = dict(cfg.get("rope_parameters") or {})
-    scaling = dict(cfg.get("rope_scaling") or {})
-    merged = {**scaling, **params}
-    theta = merged.get("rope_theta", cfg.get("rope_theta", 10000.0))
+        params = mapping_field(cfg, "rope_parameters")
+    merged = {**mapping_field(cfg, "rope_scaling"), **params}
+    where = "config.json rope_scaling/rope_parameters"
+    theta = float_field(merged, "rope_theta", None, where=where)
     kind = merged.get("rope_type", merged.get("type", "default")) or "default"
+    if not isinstance(kind, str):
+        raise ConfigError(f"{where} 'rope_type' must be a name, got {_shown(kind)}")
     kind = {"default": "none"}.get(kind, kind)
-    partial = float(cfg.get("partial_rotary_factor", 1.0))
+    partial = float_field(cfg, "partial_rotary_factor", 1.0, where="config.json")
+    if not 0 < partial <= 1:
+        raise ConfigError(f"config.json 'partial_rotary_factor' must be in (0, 1], got {_shown(partial)}")
     return RopeConfig(
         dim=int(head_dim * partial),
-        theta=float(theta),
+        theta=float_field(cfg, "rope_theta", 10000.0, where="config.json") if theta is None else theta,
         scaling=kind,
-        factor=float(merged.get("factor", 1.0)),
-        low_freq_factor=float(merged.get("low_freq_factor", 1.0)),
-        high_freq_factor=float(merged.get("high_freq_factor", 4.0)),
-        original_max_position=int(merged.get("original_max_position_embeddings", cfg.get("max_position_embeddings", 8192))),
+        factor=float_field(merged, "factor", 1.0, where=where),
+        low_freq_factor=float_field(merged, "low_freq_factor", 1.0, where=where),
+        high_freq_factor=float_field(merged, "high_freq_factor", 4.0, where=where),
+        original_max_position=int_field(merged, "original_max_position_embeddings",
+                                        int_field(cfg, "max_position_embeddings", 8192, where="config.json"), where=where),
     )
 
 
 def llama_fields_from_hf(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The Llama hyper-parameters of an HF config.json (KeyError when a required one is absent)."""
-    hidden = int(cfg["hidden_size"])
-    heads = int(cfg["num_attention_heads"])
-    head_dim = int(cfg.get("head_dim") or hidden // heads)
+    """The Llama hyper-parameters of an HF config.json (a ConfigError names a missing or bad key)."""
+    where = "config.json"
+    hidden = int_field(cfg, "hidden_size", where=where)
+    heads = int_field(cfg, "num_attention_heads", where=where)
+    head_dim = int_field(cfg, "head_dim", None, where=where) or hidden // heads
     return dict(
-        vocab_size=int(cfg["vocab_size"]),
+        vocab_size=int_field(cfg, "vocab_size", where=where),
         hidden_size=hidden,
-        intermediate_size=int(cfg["intermediate_size"]),
-        num_layers=int(cfg["num_hidden_layers"]),
+        intermediate_size=int_field(cfg, "intermediate_size", where=where),
+        num_layers=int_field(cfg, "num_hidden_layers", where=where, maximum=MAX_LAYERS),
         num_heads=heads,
-        num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
+        num_kv_heads=int_field(cfg, "num_key_value_heads", None, where=where) or heads,
         head_dim=head_dim,
-        rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        rms_norm_eps=float_field(cfg, "rms_norm_eps", 1e-6, where=where),
         rope=hf_rope(cfg, head_dim),
-        max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
+        max_position_embeddings=int_field(cfg, "max_position_embeddings", 4096, where=where),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         attention_bias=bool(cfg.get("attention_bias", False)),
         mlp_bias=bool(cfg.get("mlp_bias", False)),
@@ -145,11 +246,13 @@ def llama_fields_from_hf(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def parse_hf(build, cfg: dict[str, Any]):
     """Run ``build(cfg)``, turning a missing key or a bad value into a ConfigError that names it."""
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"config.json must hold a JSON object, got {type(cfg).__name__}")
     try:
         return build(cfg).validate()
     except KeyError as exc:
         raise ConfigError(f"config.json lacks {exc.args[0]!r}") from None
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ArithmeticError) as exc:  # a value no check above anticipated
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"config.json has a bad value: {exc}") from None

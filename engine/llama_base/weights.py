@@ -52,11 +52,16 @@ def gguf_weights(ckpt: Any, cfg: LlamaConfig, unpermute_rope: bool = True,
         if target is None:
             yield name, raw  # the loader reports it as unexpected
             continue
-        if unpermute_rope and target.endswith("self_attn.q_proj.weight"):
+        if unpermute_rope and target.endswith("self_attn.q_proj.weight") and _whole_heads(raw, cfg.num_heads):
             raw = unpermute_gguf_rope_rows(raw, cfg.num_heads)
-        elif unpermute_rope and target.endswith("self_attn.k_proj.weight"):
+        elif unpermute_rope and target.endswith("self_attn.k_proj.weight") and _whole_heads(raw, cfg.num_kv_heads):
             raw = unpermute_gguf_rope_rows(raw, cfg.num_kv_heads)
-        yield target, raw
+        yield target, raw  # of any other shape: the loader refuses it, naming the shape it expected
+
+
+def _whole_heads(raw: RawTensor, heads: int) -> bool:
+    """A 2-D projection whose rows are ``heads`` heads of an even size (what the rows' reordering needs)."""
+    return len(raw.shape) == 2 and raw.shape[0] > 0 and raw.shape[0] % (2 * heads) == 0
 
 
 def hf_weights(ckpt: Any) -> Iterator[tuple[str, RawTensor]]:

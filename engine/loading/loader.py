@@ -13,7 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mistralrs.conf.schema import AdapterConfig, ModelConfig, QuantConfig
-from mistralrs.registry import Registries, registries, resolve
+from mistralrs.registry import Registries, UnknownName, registries, resolve
 from mistralrs.registry.interfaces import CausalLM, Checkpoint, Family, check
 
 from mistralrs.engine.loading.devices import pick_device, pick_dtype
@@ -144,7 +144,10 @@ def load_model(cfg: ModelConfig, regs: Registries | None = None, quant: QuantCon
     hint = ckpt.architecture()
     spec = regs.architectures.get(cfg.architecture) if cfg.architecture else None
     if spec is None or (hint.gguf and hint.gguf not in spec.gguf_architectures) or (hint.hf and not set(hint.hf) & set(spec.hf_architectures)):
-        spec = regs.architecture_for(gguf=hint.gguf, hf=hint.hf)
+        try:
+            spec = regs.architecture_for(gguf=hint.gguf, hf=hint.hf)
+        except UnknownName as exc:  # what the file says it is: name the file
+            raise ModelFileError(path, str(exc)) from exc
     if hint.gguf:  # e.g. a GGUF "llama" file with experts is Mixtral's, whatever the preset
         spec = regs.gguf_claimant(hint.gguf, ckpt.metadata) or spec
     family = spec.load()
@@ -172,6 +175,10 @@ def load_model(cfg: ModelConfig, regs: Registries | None = None, quant: QuantCon
         tokenizer = tokenizer_from_hf_dir(override.parent if override.is_file() else override)
     else:
         tokenizer = ckpt.tokenizer()
+    vocab = getattr(model_cfg, "vocab_size", None)
+    if isinstance(vocab, int) and tokenizer.vocab_size > vocab:  # its last ids would index past the embedding
+        raise ModelFileError(Path(cfg.tokenizer) if cfg.tokenizer else path,
+                             f"the tokenizer has {tokenizer.vocab_size} tokens, more than the model's {vocab} embeddings")
     if cfg.chat_template:
         template = Path(cfg.chat_template)
         tokenizer.chat_template = template.read_text() if template.is_file() else cfg.chat_template

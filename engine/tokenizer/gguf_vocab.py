@@ -143,14 +143,30 @@ def _meta_id(md: Mapping[str, Any], key: str, default: int | None, n: int) -> in
         default = None
     if key not in md:
         return default
-    try:
-        v = int(md[key])
-    except (TypeError, ValueError):
-        raise TokenizerError(f"GGUF metadata {key!r} must be an integer, got {md[key]!r}") from None
+    v = md[key]
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TokenizerError(f"GGUF metadata {key!r} must be an integer, got {v!r:.60}")
     if not 0 <= v < n:
         log.warning("bad special token %s = %s (vocab size %d), using default %s", key, v, n, default)
         return default
     return v
+
+
+def _token_attr(token_type: Any) -> int:
+    if isinstance(token_type, bool) or not isinstance(token_type, int):
+        raise TokenizerError(f"tokenizer.ggml.token_type holds {token_type!r:.60}, not an integer type")
+    return _TOKEN_TYPE_ATTR.get(token_type, ATTR_UNDEFINED)
+
+
+def _bpe(key: str, **kwargs: Any) -> Any:
+    """``models.BPE``, whose construction raises a bare ``Exception`` for a merge of tokens that are
+    not in the vocabulary: a TokenizerError naming the metadata key instead."""
+    try:
+        return models.BPE(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - tokenizers' own error type is not exported
+        raise TokenizerError(f"{key}: {exc}") from None
 
 
 def _meta_bool(md: Mapping[str, Any], key: str, default: bool) -> bool:
@@ -293,7 +309,9 @@ def tokenizer_from_gguf(metadata: Mapping[str, Any] | str | os.PathLike) -> Text
         )
     if "tokenizer.ggml.tokens" not in md:
         raise TokenizerError("GGUF metadata has no 'tokenizer.ggml.tokens' (the vocabulary)")
-    tokens = [str(t) for t in _as_list(md["tokenizer.ggml.tokens"], "tokenizer.ggml.tokens")]
+    tokens = _as_list(md["tokenizer.ggml.tokens"], "tokenizer.ggml.tokens")
+    if not all(isinstance(t, str) for t in tokens):
+        raise TokenizerError("GGUF 'tokenizer.ggml.tokens' holds a value that is not a string")
     n = len(tokens)
     if n == 0:
         raise TokenizerError("GGUF 'tokenizer.ggml.tokens' is empty")
@@ -310,7 +328,7 @@ def tokenizer_from_gguf(metadata: Mapping[str, Any] | str | os.PathLike) -> Text
 
     if "tokenizer.ggml.token_type" in md:
         types = _per_token_list(md, "tokenizer.ggml.token_type", n)
-        attrs = [_TOKEN_TYPE_ATTR.get(int(t), ATTR_UNDEFINED) for t in types]
+        attrs = [_token_attr(t) for t in types]
     else:
         attrs = [ATTR_NORMAL] * n
 
@@ -336,6 +354,8 @@ def tokenizer_from_gguf(metadata: Mapping[str, Any] | str | os.PathLike) -> Text
             ids[kind] = _meta_id(md, "tokenizer.ggml." + key, ids[kind], n)
 
     pre = md.get("tokenizer.ggml.pre")
+    if pre is not None and not isinstance(pre, str):
+        raise TokenizerError(f"GGUF metadata 'tokenizer.ggml.pre' must be a name, got {pre!r:.60}")
     if spm:
         hf_pre, ignore_merges, pre_name = None, False, None
     else:
@@ -352,12 +372,14 @@ def tokenizer_from_gguf(metadata: Mapping[str, Any] | str | os.PathLike) -> Text
     if spm:
         if "tokenizer.ggml.scores" in md:
             scores = _per_token_list(md, "tokenizer.ggml.scores", n)
+            if not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scores):
+                raise TokenizerError("tokenizer.ggml.scores holds a value that is not a number")
         else:
             log.warning("SentencePiece GGUF without tokenizer.ggml.scores: all scores 0")
             scores = [0.0] * n
         merges = _spm_merges(tokens, scores)
         unk = tokens[ids["unk"]] if ids.get("unk") is not None else None
-        bpe = models.BPE(vocab=vocab, merges=merges, byte_fallback=True, unk_token=unk, fuse_unk=True)
+        bpe = _bpe("tokenizer.ggml.tokens", vocab=vocab, merges=merges, byte_fallback=True, unk_token=unk, fuse_unk=True)
         hf = Tokenizer(bpe)
         norm = [normalizers.Replace(" ", "▁")]
         if add_space_prefix:
@@ -368,11 +390,13 @@ def tokenizer_from_gguf(metadata: Mapping[str, Any] | str | os.PathLike) -> Text
             raise TokenizerError("gpt2-kind GGUF has no 'tokenizer.ggml.merges'")
         merges = []
         for m in _as_list(md["tokenizer.ggml.merges"], "tokenizer.ggml.merges"):
+            if not isinstance(m, str):
+                raise TokenizerError(f"tokenizer.ggml.merges holds {m!r:.60}, not a string")
             pos = m.find(" ", 1)
             if pos < 0:
                 continue  # llama.cpp stores ("", "") for it: never matches
             merges.append((m[:pos], m[pos + 1 :]))
-        bpe = models.BPE(vocab=vocab, merges=merges, ignore_merges=ignore_merges)
+        bpe = _bpe("tokenizer.ggml.merges", vocab=vocab, merges=merges, ignore_merges=ignore_merges)
         hf = Tokenizer(bpe)
         hf.pre_tokenizer = hf_pre
 

@@ -38,8 +38,8 @@ def _read_json(path: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: JSON, UTF-8, the int-digits limit
         raise TokenizerError(f"cannot read {path}: {exc}") from exc
     return data if isinstance(data, dict) else {}
 

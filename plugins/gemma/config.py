@@ -20,11 +20,15 @@ from mistralrs.engine.layers.rope import RopeConfig
 from mistralrs.engine.llama_base.config import (
     ConfigError,
     LlamaConfig,
+    float_field,
     gguf_rope,
     hf_rope,
+    int_field,
     llama_fields_from_gguf,
     llama_fields_from_hf,
+    mapping_field,
     parse_hf,
+    validate_rope,
 )
 
 GEMMA3_SLIDING_PATTERN = 6  # every sixth layer is global
@@ -51,6 +55,16 @@ class Gemma3Config(GemmaConfig):
         super().validate()
         if len(self.local_layers) != self.num_layers:
             raise ConfigError(f"{len(self.local_layers)} layer types for {self.num_layers} layers")
+        window = self.sliding_window
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+            raise ConfigError(f"sliding_window must be a positive number of tokens, got {window!r}")
+        if self.local_rope is not None:
+            validate_rope(self.local_rope, self.head_dim, "local rope")
+        for name in ("query_pre_attn_scalar", "final_logit_softcapping"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                          and 0 < value < float("inf")):
+                raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
         return self
 
 
@@ -82,11 +96,12 @@ def gemma_config_from_gguf(meta: dict[str, Any], arch: str) -> GemmaConfig:
 # --- Gemma 3 ----------------------------------------------------------------------------------
 def gemma3_hf_ropes(cfg: dict[str, Any], head_dim: int) -> tuple[RopeConfig, RopeConfig]:
     """(global, local) RoPE from either config style."""
-    params = dict(cfg.get("rope_parameters") or {})
+    params = mapping_field(cfg, "rope_parameters")
     if "full_attention" in params or "sliding_attention" in params:  # transformers 5: per layer type
-        full, local = dict(params.get("full_attention") or {}), dict(params.get("sliding_attention") or {})
+        where = "config.json rope_parameters"
+        full, local = mapping_field(params, "full_attention", where=where), mapping_field(params, "sliding_attention", where=where)
     else:  # transformers 4: rope_theta (+ rope_scaling) global, rope_local_base_freq local
-        full, local = {**(cfg.get("rope_scaling") or {}), **params}, {}
+        full, local = {**mapping_field(cfg, "rope_scaling"), **params}, {}
     full.setdefault("rope_theta", cfg.get("rope_theta", GEMMA3_GLOBAL_ROPE_BASE))
     local.setdefault("rope_theta", cfg.get("rope_local_base_freq", GEMMA3_LOCAL_ROPE_BASE))
     base = {"max_position_embeddings": cfg.get("max_position_embeddings", 8192)}
@@ -98,18 +113,20 @@ def gemma3_config_from_hf(cfg: dict[str, Any]) -> Gemma3Config:
         fields = gemma_fields_from_hf(c)
         n = fields["num_layers"]
         types = c.get("layer_types")
+        if types is not None and not isinstance(types, list):
+            raise ConfigError(f"config.json 'layer_types' must be a list, got {types!r:.60}")
         local = [t == "sliding_attention" for t in types] if types else \
-            sliding_pattern(n, int(c.get("sliding_window_pattern") or GEMMA3_SLIDING_PATTERN))
+            sliding_pattern(n, int_field(c, "sliding_window_pattern", None, where="config.json") or GEMMA3_SLIDING_PATTERN)
         fields["rope"], local_rope = gemma3_hf_ropes(c, fields["head_dim"])
         if c.get("attn_logit_softcapping") is not None:
             raise ConfigError("attention logit softcapping (Gemma 2) is not supported")
         return Gemma3Config(
             **fields,
-            sliding_window=c.get("sliding_window"),
+            sliding_window=int_field(c, "sliding_window", None, where="config.json"),
             local_layers=local,
             local_rope=local_rope,
-            query_pre_attn_scalar=float(c.get("query_pre_attn_scalar") or 256),
-            final_logit_softcapping=c.get("final_logit_softcapping"),
+            query_pre_attn_scalar=float_field(c, "query_pre_attn_scalar", None, where="config.json") or 256.0,
+            final_logit_softcapping=float_field(c, "final_logit_softcapping", None, where="config.json"),
         )
 
     return parse_hf(build, cfg)
@@ -121,13 +138,14 @@ def gemma3_config_from_gguf(meta: dict[str, Any], arch: str) -> Gemma3Config:
     n, head_dim = fields["num_layers"], fields["head_dim"]
     fields["rope"] = gguf_rope(meta, arch, head_dim, default_theta=GEMMA3_GLOBAL_ROPE_BASE)
     local_rope = RopeConfig(dim=fields["rope"].dim,
-                            theta=float(meta.get(p + "rope.freq_base_swa", GEMMA3_LOCAL_ROPE_BASE)))
+                            theta=float_field(meta, p + "rope.freq_base_swa", GEMMA3_LOCAL_ROPE_BASE))
     pattern = meta.get(p + "attention.sliding_window_pattern")
     if isinstance(pattern, list):
         local = [bool(x) for x in pattern]
     else:
-        local = sliding_pattern(n, int(pattern or GEMMA3_SLIDING_PATTERN))
-    window = meta.get(p + "attention.sliding_window")
+        local = sliding_pattern(n, int_field(meta, p + "attention.sliding_window_pattern", None, minimum=0)
+                                or GEMMA3_SLIDING_PATTERN)
+    window = int_field(meta, p + "attention.sliding_window", None, minimum=0)
     if not window:  # written only when the model has local layers
         local = [False] * n
     scalar = fields["hidden_size"] / fields["num_heads"] if n == 62 else head_dim
@@ -138,5 +156,5 @@ def gemma3_config_from_gguf(meta: dict[str, Any], arch: str) -> Gemma3Config:
         local_layers=local,
         local_rope=local_rope,
         query_pre_attn_scalar=float(scalar),
-        final_logit_softcapping=meta.get(p + "final_logit_softcapping") or None,
+        final_logit_softcapping=float_field(meta, p + "final_logit_softcapping", None) or None,
     ).validate()

@@ -21,9 +21,10 @@ def register_architectures(register):
 
 
 def has_experts(metadata: dict) -> bool:
-    """A GGUF file whose architecture declares an expert count is a mixture of experts."""
+    """A GGUF file whose architecture declares an expert count is a mixture of experts. A count that
+    is not a number is claimed too, so that the Mixtral config refuses it by name."""
     arch = metadata.get("general.architecture")
-    return int(metadata.get(f"{arch}.expert_count") or 0) > 0
+    return metadata.get(f"{arch}.expert_count") not in (None, 0)
 
 
 @hookimpl

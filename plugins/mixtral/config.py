@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from mistralrs.engine.llama_base.config import ConfigError, llama_fields_from_gguf, llama_fields_from_hf, need, parse_hf
-from mistralrs.plugins.mistral.config import MistralConfig
+from mistralrs.engine.llama_base.config import ConfigError, int_field, llama_fields_from_gguf, llama_fields_from_hf, parse_hf
+from mistralrs.plugins.mistral.config import MistralConfig, hf_window
 
 
 @dataclass
@@ -25,19 +25,19 @@ class MixtralConfig(MistralConfig):
 
 
 def mixtral_config_from_gguf(meta: dict[str, Any], arch: str) -> MixtralConfig:
-    window = meta.get(f"{arch}.attention.sliding_window")
+    window = int_field(meta, f"{arch}.attention.sliding_window", None, minimum=0)
     return MixtralConfig(
         **llama_fields_from_gguf(meta, arch),
-        sliding_window=int(window) if window else None,
-        num_experts=int(need(meta, f"{arch}.expert_count")),
-        num_experts_per_tok=int(need(meta, f"{arch}.expert_used_count")),
+        sliding_window=window or None,
+        num_experts=int_field(meta, f"{arch}.expert_count"),
+        num_experts_per_tok=int_field(meta, f"{arch}.expert_used_count"),
     ).validate()
 
 
 def mixtral_config_from_hf(cfg: dict[str, Any]) -> MixtralConfig:
     return parse_hf(lambda c: MixtralConfig(
         **llama_fields_from_hf(c),
-        sliding_window=c.get("sliding_window"),
-        num_experts=int(c["num_local_experts"]),
-        num_experts_per_tok=int(c["num_experts_per_tok"]),
+        sliding_window=hf_window(c),
+        num_experts=int_field(c, "num_local_experts", where="config.json"),
+        num_experts_per_tok=int_field(c, "num_experts_per_tok", where="config.json"),
     ), cfg)
