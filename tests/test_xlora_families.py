@@ -17,7 +17,7 @@ from xlora_layouts import check_against_reference, decode, prompts
 TINY = Path(__file__).parent / "data" / "tiny"
 
 
-@pytest.mark.parametrize("family", ["mistral", "mixtral", "gemma", "gemma3", "qwen2", "qwen3"])
+@pytest.mark.parametrize("family", ["mistral", "mixtral", "gemma", "gemma3", "qwen2", "qwen3", "qwen3moe"])
 def test_random_xlora_on_family(tmp_path, family):
     overrides = [f"model={family}", f"model.source={TINY / family}.gguf", "model.dtype=float32", "model.device=cpu",
                  "engine.block_size=4"]
@@ -31,10 +31,11 @@ def test_random_xlora_on_family(tmp_path, family):
     assert (llm.logits(batch[1]) - base.logits(batch[1])).abs().max() > 1e-2
 
 
-def test_xlora_refuses_mixture_experts(tmp_path):
+@pytest.mark.parametrize("family", ["mixtral", "qwen3moe"])
+def test_xlora_refuses_mixture_experts(tmp_path, family):
     from mistralrs.plugins.xlora.lora_files import AdapterError
 
-    overrides = ["model=mixtral", f"model.source={TINY / 'mixtral'}.gguf", "model.dtype=float32", "model.device=cpu"]
+    overrides = [f"model={family}", f"model.source={TINY / family}.gguf", "model.dtype=float32", "model.device=cpu"]
     base = mistralrs.load(*overrides)
     src = write_random_xlora(tmp_path / "x", base.loaded.model, base.loaded.config.hidden_size)
     order = json.loads((src / "ordering.json").read_text())
@@ -43,8 +44,9 @@ def test_xlora_refuses_mixture_experts(tmp_path):
     (src / "ordering.json").write_text(json.dumps(order))
     weights = src / "adapter_0" / "adapter_model.safetensors"
     tensors = load_file(str(weights))
-    tensors[f"base_model.model.{expert}.lora_A.weight"] = torch.zeros(8, 64)
-    tensors[f"base_model.model.{expert}.lora_B.weight"] = torch.zeros(64, 8)
+    out_features, in_features = dict(base.loaded.model.named_modules())[expert].weight.shape
+    tensors[f"base_model.model.{expert}.lora_A.weight"] = torch.zeros(8, in_features)
+    tensors[f"base_model.model.{expert}.lora_B.weight"] = torch.zeros(out_features, 8)
     save_file(tensors, str(weights))
     with pytest.raises(AdapterError, match="expert of the mixture model.layers.0.mlp"):
         mistralrs.load(*overrides, "adapter=xlora", f"adapter.source={src}")

@@ -124,6 +124,18 @@ def make_tiny_qwen3(path: Path, seed: int = 6, **overrides) -> "torch.nn.Module"
     return _make_tiny(path, Qwen3Config, Qwen3ForCausalLM, settings, seed)
 
 
+def make_tiny_qwen3moe(path: Path, seed: int = 7, **overrides) -> "torch.nn.Module":
+    """Qwen3 with 4 experts of 32, top-2 without renormalizing (norm_topk_prob false, so the plain
+    softmax weights show) in layer 1; layer 0 keeps a dense MLP (mlp_only_layers)."""
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    settings = _llama_like(head_dim=32, attention_bias=False, use_sliding_window=False, rms_norm_eps=1e-6,
+                           num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=False,
+                           decoder_sparse_step=1, mlp_only_layers=[0], router_aux_loss_coef=0.0)
+    settings.update(overrides)
+    return _make_tiny(path, Qwen3MoeConfig, Qwen3MoeForCausalLM, settings, seed)
+
+
 TINY_MAKERS = {
     "llama": make_tiny_llama,
     "mistral": make_tiny_mistral,
@@ -132,6 +144,7 @@ TINY_MAKERS = {
     "gemma3": make_tiny_gemma3,
     "qwen2": make_tiny_qwen2,
     "qwen3": make_tiny_qwen3,
+    "qwen3moe": make_tiny_qwen3moe,
 }
 
 

@@ -51,12 +51,20 @@ struct Projection {
   }
 };
 
+struct Experts {  // a sparse mixture in place of the MLP (engine/layers/moe.py)
+  Projection router;
+  std::vector<Projection> gate_up, down;  // one per expert
+  int64_t top_k = 0;
+  bool normalize_top_k = true;  // softmax over the chosen logits, else the full softmax at the chosen
+};
+
 struct Layer {
   torch::Tensor attn_norm, ffn_norm;  // RMSNorm scales (offset folded in)
   c10::optional<torch::Tensor> q_norm, k_norm, post_attn_norm, post_ffn_norm;
   Projection qkv, o, gate_up, down;
   int64_t heads, kv_heads, head_dim, window, rope, gelu;
   double scale;
+  c10::optional<Experts> experts;
 };
 
 // act(gate) * up over the concatenated [T, 2I] gate/up output (ATen's vectorized activations)
@@ -64,6 +72,39 @@ torch::Tensor gated(const torch::Tensor& gu, bool gelu) {
   const int64_t I = gu.size(1) / 2;
   const torch::Tensor gate = gu.narrow(1, 0, I), up = gu.narrow(1, I, I);
   return (gelu ? at::gelu(gate, "tanh") : at::silu(gate)).mul_(up);
+}
+
+// The mixture's output for the normed rows h [T, hidden]: rows grouped by expert, one batched call of
+// each chosen expert's projections, weighted and summed back per row.
+torch::Tensor mixture(const Experts& E, const torch::Tensor& h, bool gelu) {
+  const torch::Tensor logits = E.router(h, c10::nullopt).to(torch::kFloat32);
+  torch::Tensor weights, chosen;
+  if (E.normalize_top_k) {
+    std::tie(weights, chosen) = logits.topk(E.top_k, -1);
+    weights = weights.softmax(-1);
+  } else {
+    std::tie(weights, chosen) = logits.softmax(-1).topk(E.top_k, -1);
+  }
+  const int64_t T = h.size(0), n = static_cast<int64_t>(E.gate_up.size());
+  std::vector<std::vector<int64_t>> rows(n);
+  std::vector<std::vector<float>> row_weights(n);
+  const auto c = chosen.accessor<int64_t, 2>();
+  const auto w = weights.accessor<float, 2>();
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t j = 0; j < E.top_k; ++j) {
+      rows[c[t][j]].push_back(t);
+      row_weights[c[t][j]].push_back(w[t][j]);
+    }
+  torch::Tensor out = torch::zeros_like(h);
+  for (int64_t e = 0; e < n; ++e) {
+    if (rows[e].empty()) continue;
+    const int64_t m = static_cast<int64_t>(rows[e].size());
+    const torch::Tensor index = torch::from_blob(rows[e].data(), {m}, torch::kInt64).clone();
+    const torch::Tensor scale = torch::from_blob(row_weights[e].data(), {m, 1}, torch::kFloat32).to(h.scalar_type());
+    const torch::Tensor xs = h.index_select(0, index);
+    out.index_add_(0, index, E.down[e](gated(E.gate_up[e](xs, c10::nullopt), gelu), c10::nullopt).mul_(scale));
+  }
+  return out;
 }
 
 }  // namespace
@@ -81,7 +122,9 @@ struct DecodeStack : torch::CustomClassHolder {
                  std::vector<torch::Tensor> gate_up, std::vector<int64_t> gate_up_types, std::vector<int64_t> gate_up_rows,
                  torch::Tensor down, int64_t down_type, int64_t down_rows, int64_t heads, int64_t kv_heads, int64_t head_dim,
                  double scale, int64_t window, int64_t rope, int64_t gelu) {
-    TORCH_CHECK(qkv.size() == 3 && gate_up.size() == 2, "DecodeStack: q/k/v and gate/up projections expected");
+    // a mixture-of-experts layer gives no gate/up (set_experts and add_expert follow)
+    TORCH_CHECK(qkv.size() == 3 && (gate_up.size() == 2 || gate_up.empty()),
+                "DecodeStack: q/k/v and gate/up projections expected");
     layers.push_back(Layer{attn_norm, ffn_norm, q_norm, k_norm, post_attn_norm, post_ffn_norm,
                            Projection{qkv, qkv_types, qkv_rows, {}}, Projection{{o}, {o_type}, {o_rows}, {}},
                            Projection{gate_up, gate_up_types, gate_up_rows, {}},
@@ -100,6 +143,23 @@ struct DecodeStack : torch::CustomClassHolder {
     Layer& L = layers.back();
     Projection* p[] = {&L.qkv, &L.o, &L.gate_up, &L.down};
     p[which]->loras.push_back(LowRank{at, bts, rank_starts, col_starts, offset});
+  }
+
+  // The last layer added computes a sparse mixture instead of its MLP: the router (one projection
+  // over the normed hidden state, as many outputs as experts); add_expert then brings each expert.
+  void set_experts(torch::Tensor router, int64_t router_type, int64_t router_rows, int64_t top_k, bool normalize_top_k) {
+    TORCH_CHECK(!layers.empty() && top_k >= 1 && top_k <= router_rows, "DecodeStack.set_experts: bad top_k ", top_k);
+    layers.back().experts = Experts{Projection{{router}, {router_type}, {router_rows}, {}}, {}, {}, top_k, normalize_top_k};
+  }
+
+  void add_expert(std::vector<torch::Tensor> gate_up, std::vector<int64_t> gate_up_types,
+                  std::vector<int64_t> gate_up_rows, torch::Tensor down, int64_t down_type, int64_t down_rows) {
+    TORCH_CHECK(!layers.empty() && layers.back().experts && gate_up.size() == 2,
+                "DecodeStack.add_expert: set_experts first; gate/up projections expected");
+    Experts& E = *layers.back().experts;
+    TORCH_CHECK(static_cast<int64_t>(E.gate_up.size()) < E.router.rows[0], "DecodeStack.add_expert: more experts than the router has");
+    E.gate_up.push_back(Projection{gate_up, gate_up_types, gate_up_rows, {}});
+    E.down.push_back(Projection{{down}, {down_type}, {down_rows}, {}});
   }
 
   // A bias on projection `which` (numbered as for set_lora) of the last layer added: float32 [outputs].
@@ -142,7 +202,14 @@ struct DecodeStack : torch::CustomClassHolder {
       torch::Tensor out = L.o(attn.view({T, q_width}), column_scales);
       if (L.post_attn_norm) out = rms_norm(out, *L.post_attn_norm, eps);
       x.add_(out);
-      out = L.down(gated(L.gate_up(rms_norm(x, L.ffn_norm, eps), column_scales), L.gelu != 0), column_scales);
+      const torch::Tensor h = rms_norm(x, L.ffn_norm, eps);
+      if (L.experts) {
+        TORCH_CHECK(static_cast<int64_t>(L.experts->gate_up.size()) == L.experts->router.rows[0],
+                    "DecodeStack: a mixture layer lacks experts");
+        out = mixture(*L.experts, h, L.gelu != 0);
+      } else {
+        out = L.down(gated(L.gate_up(h, column_scales), L.gelu != 0), column_scales);
+      }
       if (L.post_ffn_norm) out = rms_norm(out, *L.post_ffn_norm, eps);
       x.add_(out);
     }
@@ -157,5 +224,7 @@ TORCH_LIBRARY_FRAGMENT(mistralrs_kernels, m) {
       .def("add_layer", &DecodeStack::add_layer)
       .def("set_lora", &DecodeStack::set_lora)
       .def("set_bias", &DecodeStack::set_bias)
+      .def("set_experts", &DecodeStack::set_experts)
+      .def("add_expert", &DecodeStack::add_expert)
       .def("step", &DecodeStack::step);
 }

@@ -17,6 +17,7 @@ from torch import nn
 from mistralrs.engine.kernels import native_ops
 from mistralrs.engine.layers.attention import NATIVE_CACHE_DTYPES
 from mistralrs.engine.layers.linear import Linear, LinearGroup, base_layer
+from mistralrs.engine.layers.moe import SparseMoE
 from mistralrs.engine.layers.norms import RMSNorm
 
 ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}
@@ -29,14 +30,15 @@ ADAPTER_DTYPE = torch.bfloat16
 @dataclass
 class DecodeLayerSpec:
     """x += post_attn_norm(o(attention(rope(q_norm(q)), rope(k_norm(k)), v))), q/k/v = qkv(attn_norm(x));
-    x += post_ffn_norm(down(act(gate) * up)), gate/up = gate_up(ffn_norm(x)). Absent norms are identity."""
+    x += post_ffn_norm(down(act(gate) * up)), gate/up = gate_up(ffn_norm(x)), or with ``moe`` the sum of
+    the routed experts' such MLPs (engine/layers/moe.py). Absent norms are identity."""
 
     attn_norm: RMSNorm
     ffn_norm: RMSNorm
     qkv: LinearGroup
     o: Linear
-    gate_up: LinearGroup
-    down: Linear
+    gate_up: LinearGroup | None
+    down: Linear | None
     heads: int
     kv_heads: int
     head_dim: int
@@ -48,6 +50,7 @@ class DecodeLayerSpec:
     k_norm: RMSNorm | None = None
     post_attn_norm: RMSNorm | None = None
     post_ffn_norm: RMSNorm | None = None
+    moe: "SparseMoE | None" = None  # a sparse mixture in place of gate_up/down (which are then None)
 
 
 DENSE = -1  # decode_stack.cpp's type code for a float32 weight
@@ -89,6 +92,22 @@ def _projection(layers: list[nn.Module], group: LinearGroup | None):
     return [w[0] for w in weights], [w[1] for w in weights], [w[2] for w in weights], terms, bias
 
 
+def _experts(moe: SparseMoE):
+    """((router weight, type, rows), [((gate/up weights, types, rows), (down weight, type, rows))]) of a
+    mixture whose router and experts are plain, unadapted, unbiased linears; else None."""
+    def plain(layers: list[nn.Module], group: LinearGroup | None):
+        part = _projection(layers, group)
+        if part is None or part[3] or part[4] is not None:  # adapter terms or biases: the module path
+            return None
+        return part[0], part[1], part[2]
+
+    router = plain([moe.gate], None)
+    experts = [(plain(list(e.gate_up.layers()), e.gate_up), plain([e.down_proj], None)) for e in moe.experts]
+    if router is None or any(gu is None or d is None for gu, d in experts):
+        return None
+    return (router[0][0], router[1][0], router[2][0]), [(gu, (d[0][0], d[1][0], d[2][0])) for gu, d in experts]
+
+
 def _bias(bases: list[nn.Module], rows: list[int]):
     """The members' biases as one float32 CPU vector, None without any, False if one cannot be used."""
     biases = [b.bias for b in bases]
@@ -119,15 +138,23 @@ class DecodeStack:
         stack.set_eps(norms[0].eps)
         sources = {}
         for s in specs:
-            parts = [_projection(list(s.qkv.layers()), s.qkv), _projection([s.o], None),
-                     _projection(list(s.gate_up.layers()), s.gate_up), _projection([s.down], None)]
-            if any(p is None for p in parts):
+            experts = _experts(s.moe) if s.moe is not None else None
+            parts = [_projection(list(s.qkv.layers()), s.qkv), _projection([s.o], None)]
+            if s.moe is None:
+                parts += [_projection(list(s.gate_up.layers()), s.gate_up), _projection([s.down], None)]
+            if any(p is None for p in parts) or (s.moe is not None and experts is None):
                 return None
-            (qkv, qkv_t, qkv_n, *_), (o, o_t, o_n, *_), (gu, gu_t, gu_n, *_), (down, down_t, down_n, *_) = parts
+            (qkv, qkv_t, qkv_n, *_), (o, o_t, o_n, *_) = parts[:2]
+            (gu, gu_t, gu_n, *_), (down, down_t, down_n, *_) = parts[2:] or [([], [], []), ([torch.empty(0)], [DENSE], [0])]
             opt = [n.scale() if n is not None else None for n in (s.q_norm, s.k_norm, s.post_attn_norm, s.post_ffn_norm)]
             stack.add_layer(s.attn_norm.scale(), s.ffn_norm.scale(), *opt, qkv, qkv_t, qkv_n, o[0], o_t[0], o_n[0],
                             gu, gu_t, gu_n, down[0], down_t[0], down_n[0], s.heads, s.kv_heads, s.head_dim,
                             float(s.scale), s.window or 0, s.rope, ACTIVATIONS[s.activation])
+            if experts is not None:
+                (router, router_t, router_n), expert_parts = experts
+                stack.set_experts(router, router_t, router_n, s.moe.top_k, s.moe.normalize_top_k)
+                for (egu, egu_t, egu_n), (edown, edown_t, edown_n) in expert_parts:
+                    stack.add_expert(egu, egu_t, egu_n, edown, edown_t, edown_n)
             for which, (_, types, _, terms, bias) in enumerate(parts):
                 if bias is not None:
                     stack.set_bias(which, bias.contiguous())

@@ -17,6 +17,7 @@ from mistralrs.engine.layers.attention import cached_attention
 from mistralrs.engine.layers.decode_stack import DecodeLayerSpec, DecodePlan
 from mistralrs.engine.layers.linear import Embedding, Linear, LinearGroup
 from mistralrs.engine.layers.mlp import GatedMLP
+from mistralrs.engine.layers.moe import SparseMoE
 from mistralrs.engine.layers.norms import RMSNorm
 from mistralrs.engine.layers.rope import RotaryEmbedding, apply_rope_
 
@@ -75,7 +76,7 @@ class LlamaDecoderLayer(nn.Module):
 
     def decode_spec(self) -> DecodeLayerSpec | None:
         """This layer for the native decode stack, or None when it computes something else (a
-        subclass with its own forward or q/k/v, a mixture of experts)."""
+        subclass with its own forward or q/k/v, an MLP other than gated or a sparse mixture)."""
         if not self._computes_as(LlamaDecoderLayer, LlamaAttention):
             return None
         return self.spec_with_norms(attn_norm=self.input_layernorm, ffn_norm=self.post_attention_layernorm)
@@ -83,14 +84,17 @@ class LlamaDecoderLayer(nn.Module):
     def _computes_as(self, layer_cls: type, attention_cls: type) -> bool:
         attn = self.self_attn
         return (type(self).forward is layer_cls.forward and type(attn).forward is LlamaAttention.forward
-                and type(attn).qkv is attention_cls.qkv and type(self.mlp) is GatedMLP)
+                and type(attn).qkv is attention_cls.qkv and type(self.mlp) in (GatedMLP, SparseMoE))
 
     def spec_with_norms(self, **norms) -> DecodeLayerSpec:
         attn, mlp = self.self_attn, self.mlp
-        return DecodeLayerSpec(qkv=attn.qkv_proj, o=attn.o_proj, gate_up=mlp.gate_up, down=mlp.down_proj,
-                               heads=attn.num_heads, kv_heads=attn.num_kv_heads, head_dim=attn.head_dim,
-                               scale=attn.scale if attn.scale is not None else attn.head_dim ** -0.5,
-                               window=attn.window, rope=self.rope_index, activation=mlp.activation, **norms)
+        if type(mlp) is SparseMoE:  # the experts' MLPs, all alike: the first says the activation
+            ffn = dict(gate_up=None, down=None, moe=mlp, activation=mlp.experts[0].activation)
+        else:
+            ffn = dict(gate_up=mlp.gate_up, down=mlp.down_proj, activation=mlp.activation)
+        return DecodeLayerSpec(qkv=attn.qkv_proj, o=attn.o_proj, heads=attn.num_heads, kv_heads=attn.num_kv_heads,
+                               head_dim=attn.head_dim, scale=attn.scale if attn.scale is not None else attn.head_dim ** -0.5,
+                               window=attn.window, rope=self.rope_index, **ffn, **norms)
 
 
 class LlamaModel(nn.Module):

@@ -4,15 +4,19 @@ Qwen2 / Qwen2.5 = Llama with biases on the query, key and value projections (not
 
 Qwen3 = Llama with an RMSNorm over each query and key head before RoPE (as Gemma 3, but with a plain
 ``weight`` scale) and a head_dim that need not be hidden / heads.
+
+Qwen3-MoE = Qwen3 whose MLPs are sparse mixtures of SwiGLU experts (engine/layers/moe.py), except in
+the layers its config keeps dense.
 """
 
 from __future__ import annotations
 
 from mistralrs.engine.layers.linear import Linear
+from mistralrs.engine.layers.moe import SparseMoE
 from mistralrs.engine.layers.norms import RMSNorm
 from mistralrs.engine.llama_base.model import LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM
 
-from mistralrs.plugins.qwen.config import Qwen2Config, Qwen3Config
+from mistralrs.plugins.qwen.config import Qwen2Config, Qwen3Config, Qwen3MoeConfig
 
 
 class Qwen2Attention(LlamaAttention):
@@ -53,3 +57,15 @@ class Qwen3DecoderLayer(LlamaDecoderLayer):
 
 class Qwen3ForCausalLM(LlamaForCausalLM):
     decoder_layer = Qwen3DecoderLayer
+
+
+class Qwen3MoeDecoderLayer(Qwen3DecoderLayer):
+    def __init__(self, cfg: Qwen3MoeConfig, layer: int):
+        super().__init__(cfg, layer)
+        if cfg.is_sparse(layer):
+            self.mlp = SparseMoE(cfg.hidden_size, cfg.moe_intermediate_size, cfg.num_experts, cfg.num_experts_per_tok,
+                                 cfg.hidden_act, normalize_top_k=cfg.norm_topk_prob)
+
+
+class Qwen3MoeForCausalLM(LlamaForCausalLM):
+    decoder_layer = Qwen3MoeDecoderLayer

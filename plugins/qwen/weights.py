@@ -10,3 +10,4 @@ from mistralrs.engine.llama_base.weights import GGUF_BLOCK_NAMES
 
 GGUF_QWEN2_BLOCK_NAMES = GGUF_BLOCK_NAMES
 GGUF_QWEN3_BLOCK_NAMES = {**GGUF_BLOCK_NAMES, "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
+GGUF_QWEN3MOE_BLOCK_NAMES = {**GGUF_QWEN3_BLOCK_NAMES, "ffn_gate_inp": "mlp.gate"}
