@@ -56,6 +56,7 @@ def both_paths(llm):
     ("qwen2", "q4_k", ()),  # biases on q/k/v
     ("qwen2", "none", ("model.dtype=float32",)),  # biases over float32 weights
     ("qwen3", "q6_k", ()),  # plain-weight Q/K norms, head_dim != hidden / heads
+    ("phi3", "q4_k", ()),  # fused weights split at load, LongRoPE tables, partial rotary, window 8
     ("mixtral", "q8_0", ()),  # sparse mixture: rows routed to their top-2 of 4 experts
     ("mixtral", "none", ("model.dtype=float32",)),
     ("qwen3moe", "q4_k", ()),  # Qwen3's attention with a mixture

@@ -30,7 +30,7 @@ def reference(family: str) -> dict[str, np.ndarray]:
 
 
 def assert_matches(llm, ref: dict[str, np.ndarray], suffix: str = "") -> None:
-    ids = ref["ids"].tolist()
+    ids = ref.get(f"ids{suffix}", ref["ids"]).tolist()
     for row, seq in enumerate(ids):
         torch.testing.assert_close(llm.logits(seq), torch.from_numpy(ref[f"logits{suffix}"][row]), atol=ATOL, rtol=0)
     tokens, logprobs = engine_greedy(llm, ids)
@@ -38,7 +38,7 @@ def assert_matches(llm, ref: dict[str, np.ndarray], suffix: str = "") -> None:
     torch.testing.assert_close(logprobs, torch.from_numpy(ref[f"greedy_logprobs{suffix}"]), atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["mixtral", "gemma", "gemma3", "qwen2", "qwen3", "qwen3moe"])
+@pytest.mark.parametrize("family", ["mixtral", "gemma", "gemma3", "qwen2", "qwen3", "qwen3moe", "phi3"])
 def test_gguf_matches_transformers(family):
     llm = load(family, TINY / f"{family}.gguf")
     assert llm.loaded.architecture == family
@@ -64,6 +64,25 @@ def test_plain_llama_family_reads_a_mistral_gguf():
     llm = load("llama", TINY / "mistral.gguf")
     assert llm.loaded.architecture == "llama"
     assert_matches(llm, reference("mistral"), "_full")
+
+
+def test_phi3_gguf_longrope_short_factors_and_window():
+    """llama.cpp's converter writes Phi-3's LongRoPE factor sets as ``rope_factors_short/long`` tensors
+    with ``rope.scaling.attn_factor`` (sqrt(1 + ln(256 / 16) / ln 16) = sqrt 2) and no scaling type, and
+    the window as ``phi3.attention.sliding_window``. Within the original context (model.max_seq_len=16)
+    the short factors run and match transformers on 12-token prompts (the parametrized test above runs
+    the long ones past it); llama.cpp chooses the set by the same rule, its per-sequence context
+    against ``rope.scaling.original_context_length``. Its runtime turns Phi-3's window off (full
+    attention); transformers applies it, and so does this engine: without it the reference is missed."""
+    llm = load("phi3", TINY / "phi3.gguf", "model.max_seq_len=16")
+    cfg = llm.loaded.config
+    assert (cfg.sliding_window, cfg.tie_word_embeddings, cfg.rope.dim, cfg.rope.scaling) == (8, True, 12, "longrope")
+    assert cfg.rope.attention_factor == pytest.approx(2 ** 0.5)
+    ref = reference("phi3")
+    assert_matches(llm, ref, "_short")
+    unwindowed = load("phi3", TINY / "phi3.gguf", "model.sliding_window=64")
+    ids = ref["ids"][0].tolist()
+    assert (unwindowed.logits(ids) - torch.from_numpy(ref["logits"][0])).abs().max() > 1e-2
 
 
 def test_configure_applies_or_refuses_sliding_window():

@@ -1,4 +1,4 @@
-"""Mistral, Mixtral, Gemma, Gemma 3, Qwen2, Qwen3 and Qwen3-MoE: tiny random HF models from safetensors match HF transformers
+"""Mistral, Mixtral, Gemma, Gemma 3, Qwen2, Qwen3, Qwen3-MoE and Phi-3: tiny random HF models from safetensors match HF transformers
 in float32 — a 24-token batch of 2 through the full forward pass, and 8 greedy steps through the
 engine's paged KV cache (tokens and the chosen tokens' log-probabilities)."""
 
@@ -13,7 +13,7 @@ from tiny_models import TINY_MAKERS, engine_greedy as greedy, reference_greedy, 
 pytest.importorskip("transformers")
 
 ATOL = 1e-4
-FAMILIES = ["mistral", "mixtral", "gemma", "gemma3", "qwen2", "qwen3", "qwen3moe"]
+FAMILIES = ["mistral", "mixtral", "gemma", "gemma3", "qwen2", "qwen3", "qwen3moe", "phi3"]
 IDS = [[1, *range(40, 63)], [1, *range(100, 123)]]  # 24 tokens each: longer than the windows (8)
 
 

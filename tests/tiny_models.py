@@ -136,6 +136,26 @@ def make_tiny_qwen3moe(path: Path, seed: int = 7, **overrides) -> "torch.nn.Modu
     return _make_tiny(path, Qwen3MoeConfig, Qwen3MoeForCausalLM, settings, seed)
 
 
+# LongRoPE factor sets of the tiny Phi-3 (6 = rotary dims 12 / 2): far apart, so a wrong choice shows
+PHI3_SHORT_FACTORS = [1.0, 1.05, 1.2, 1.5, 1.9, 2.4]
+PHI3_LONG_FACTORS = [1.0, 1.5, 3.0, 6.0, 10.0, 16.0]
+
+
+def make_tiny_phi3(path: Path, seed: int = 8, **overrides) -> "torch.nn.Module":
+    """Phi-4-mini-shaped: fused qkv_proj and gate_up_proj, tied embeddings, rotary over 0.75 of each
+    16-dim head, LongRoPE with an original context of 16 (so 24-token prompts take the long factors
+    and an attention factor of sqrt(2)), and a sliding window of 8; weights initialized large enough
+    (std 0.2) that greedy decoding does not just repeat the last token."""
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    settings = _llama_like(tie_word_embeddings=True, sliding_window=8, original_max_position_embeddings=16,
+                           pad_token_id=0, initializer_range=0.2, rope_parameters={
+                               "rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.75,
+                               "short_factor": PHI3_SHORT_FACTORS, "long_factor": PHI3_LONG_FACTORS})
+    settings.update(overrides)
+    return _make_tiny(path, Phi3Config, Phi3ForCausalLM, settings, seed)
+
+
 TINY_MAKERS = {
     "llama": make_tiny_llama,
     "mistral": make_tiny_mistral,
@@ -144,6 +164,7 @@ TINY_MAKERS = {
     "gemma3": make_tiny_gemma3,
     "qwen2": make_tiny_qwen2,
     "qwen3": make_tiny_qwen3,
+    "phi3": make_tiny_phi3,
     "qwen3moe": make_tiny_qwen3moe,
 }
 
@@ -174,19 +195,24 @@ def engine_greedy(llm, prompts: list[list[int]], steps: int = 8) -> tuple[list[l
     return tokens, torch.tensor(logprobs)
 
 
-def rewrite_gguf(src: Path, dst: Path, tensors) -> None:
+def rewrite_gguf(src: Path, dst: Path, tensors, metadata: dict | None = None) -> None:
     """Copy ``src``'s metadata to ``dst``; ``tensors(reader_tensor)`` yields (name, array, raw_dtype,
-    raw_shape), raw_shape None for the array's own shape."""
+    raw_shape), raw_shape None for the array's own shape. ``metadata``: keys added or replaced (str,
+    float32 or uint32 values)."""
     from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
     reader = GGUFReader(src)
     writer = GGUFWriter(dst, arch=reader.fields["general.architecture"].contents())
+    extra = metadata or {}
     for key, field in reader.fields.items():
-        if key.startswith("GGUF.") or key == "general.architecture":
+        if key.startswith("GGUF.") or key == "general.architecture" or key in extra:
             continue
         vtype = field.types[0]
         sub_type = field.types[1] if vtype == GGUFValueType.ARRAY else None
         writer.add_key_value(key, field.contents(), vtype, sub_type=sub_type)
+    for key, value in extra.items():
+        vtype = {str: GGUFValueType.STRING, float: GGUFValueType.FLOAT32}.get(type(value), GGUFValueType.UINT32)
+        writer.add_key_value(key, value, vtype)
     for t in reader.tensors:
         for name, data, raw_dtype, raw_shape in tensors(t):
             writer.add_tensor(name, data, raw_shape=raw_shape, raw_dtype=raw_dtype)

@@ -26,3 +26,16 @@ def unpermute_gguf_rope_rows(raw: RawTensor, n_heads: int) -> RawTensor:
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(rows)
     return permute_rows(raw, inverse)
+
+
+def split_row_blocks(raw: RawTensor, sizes: tuple[int, ...]) -> list[RawTensor]:
+    """Consecutive row blocks of ``sizes`` rows (a fused [q; k; v] or [gate; up] weight into its parts);
+    ``sizes`` must add up to the rows."""
+    assert sum(sizes) == raw.shape[0], (sizes, raw.shape)
+    per_row = raw.data.numel() // raw.shape[0]  # elements, or bytes when quantized
+    flat, parts, start = raw.data.reshape(-1), [], 0
+    for n in sizes:
+        parts.append(RawTensor(f"{raw.name}[{start}:{start + n}]", raw.qtype, (n, *raw.shape[1:]),
+                               flat[start * per_row:(start + n) * per_row]))
+        start += n
+    return parts

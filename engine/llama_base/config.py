@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from mistralrs.engine.layers.mlp import hf_activation
-from mistralrs.engine.layers.rope import RopeConfig
+from mistralrs.engine.layers.rope import RopeConfig, attention_scale, inverse_frequencies
 
 
 class ConfigError(ValueError):
@@ -26,7 +26,12 @@ MAX_SIZE = 2**31 - 1
 # few hundred); below it, the family checks the count against the blocks the file holds.
 MAX_LAYERS = 16384
 _REQUIRED = object()
-ROPE_SCALINGS = ("none", "linear", "llama3")
+ROPE_SCALINGS = ("none", "linear", "llama3", "yarn", "longrope")
+# HF names of the scalings above (older configs' "su" is LongRoPE); "default" is none
+HF_ROPE_TYPES = {"default": "none", "su": "longrope"}
+# GGUF rope.scaling.type values. llama.cpp's converter writes "longrope" from its generic path and
+# nothing from Phi-3's own; either way LongRoPE's factor sets are tensors, read by the family
+GGUF_ROPE_TYPES = {"none": "none", "linear": "linear", "yarn": "yarn", "longrope": "longrope"}
 
 
 def _shown(value: Any) -> str:
@@ -93,17 +98,49 @@ def validate_rope(rope: RopeConfig, head_dim: int, what: str = "rope") -> None:
         raise ConfigError(f"unsupported {what} scaling {_shown(rope.scaling)} (supported: {', '.join(ROPE_SCALINGS)})")
     if rope.scaling != "none":
         _positive_finite(f"{what} scaling factor", rope.factor)
+    if rope.attention_factor is not None:
+        _positive_finite(f"{what} attention_factor", rope.attention_factor)
     if rope.scaling == "llama3":
         _positive_finite(f"{what} low_freq_factor", rope.low_freq_factor)
         _positive_finite(f"{what} high_freq_factor", rope.high_freq_factor)
         if not rope.high_freq_factor > rope.low_freq_factor:
             raise ConfigError(f"{what} high_freq_factor {rope.high_freq_factor} must exceed low_freq_factor "
                               f"{rope.low_freq_factor}")
-        if not 1 <= rope.original_max_position <= MAX_SIZE:
-            raise ConfigError(f"{what} original_max_position_embeddings {rope.original_max_position} must be positive")
+    if rope.scaling in ("llama3", "yarn", "longrope") and not 1 <= rope.original_max_position <= MAX_SIZE:
+        raise ConfigError(f"{what} original_max_position_embeddings {rope.original_max_position} must be positive")
     if rope.freq_factors is not None and len(rope.freq_factors) != rope.dim // 2:
         raise ConfigError(f"{what} has {len(rope.freq_factors)} frequency factors (rope_freqs.weight) for "
                           f"{rope.dim // 2} frequencies")
+    if rope.scaling in ("yarn", "longrope"):
+        _validate_long_context_rope(rope, what)
+
+
+def _validate_long_context_rope(rope: RopeConfig, what: str) -> None:
+    """YaRN and LongRoPE: their parameters, then the frequencies and attention factor they give (all
+    positive and finite: e.g. a base of 1 or an original context of 1 would divide by ln 1)."""
+    if rope.scaling == "yarn":
+        _positive_finite(f"{what} beta_fast", rope.beta_fast)
+        _positive_finite(f"{what} beta_slow", rope.beta_slow)
+        for name in ("mscale", "mscale_all_dim"):
+            if getattr(rope, name) is not None:
+                _positive_finite(f"{what} {name}", getattr(rope, name))
+    else:
+        for name in ("short_factors", "long_factors"):
+            factors = getattr(rope, name)
+            if not isinstance(factors, list) or len(factors) != rope.dim // 2:
+                count = len(factors) if isinstance(factors, list) else "no"
+                raise ConfigError(f"{what} LongRoPE has {count} {name} (rope_scaling {name[:-1]}, GGUF "
+                                  f"rope_factors_{name.split('_')[0]}.weight) for {rope.dim // 2} frequencies")
+            for value in factors:
+                _positive_finite(f"{what} LongRoPE {name[:-1]}", value)
+    try:
+        scale = attention_scale(rope)
+        finite = all(bool(inverse_frequencies(rope, c).isfinite().all()) for c in (None, rope.original_max_position + 1))
+    except (ArithmeticError, ValueError) as exc:
+        raise ConfigError(f"{what} {rope.scaling} parameters give no frequencies: {exc}") from None
+    if not finite or not 0 < scale < float("inf"):
+        raise ConfigError(f"{what} {rope.scaling} parameters (theta {rope.theta}, factor {rope.factor}, original "
+                          f"context {rope.original_max_position}) give non-finite frequencies or attention factor")
 
 
 @dataclass
@@ -138,6 +175,9 @@ class LlamaConfig:
                               "(GGUF attention.head_count / head_count_kv, HF num_attention_heads / num_key_value_heads)")
         _positive_finite("rms_norm_eps", self.rms_norm_eps)
         validate_rope(self.rope, self.head_dim)
+        window = getattr(self, "sliding_window", None)  # of the families that have one
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+            raise ConfigError(f"sliding_window must be a positive number of tokens, got {_shown(window)}")
         return self
 
 
@@ -150,15 +190,29 @@ def need(meta: dict[str, Any], key: str) -> Any:
 
 def gguf_rope(meta: dict[str, Any], arch: str, head_dim: int, theta_key: str = "rope.freq_base",
               default_theta: float = 10000.0) -> RopeConfig:
+    """RoPE from ``{arch}.rope.*``. YaRN reads llama.cpp's ``rope.scaling.yarn_*`` keys, which its
+    converter copies from config.json (``yarn_attn_factor`` is transformers' ``attention_factor``;
+    llama.cpp's runtime recomputes that factor as 0.1 ln(factor) + 1 instead, ignoring the key: this
+    follows transformers). ``rope.scaling.attn_factor`` (Phi-3's LongRoPE factor) multiplies cos and
+    sin, as in llama.cpp. LongRoPE's factor sets are tensors, read by the family (``config``)."""
     p = f"{arch}."
     scaling_type = meta.get(p + "rope.scaling.type", "none")
-    if scaling_type not in ("none", "linear"):
+    if scaling_type not in GGUF_ROPE_TYPES:
         raise ConfigError(f"unsupported rope scaling type {_shown(scaling_type)} in GGUF metadata")
+    scaling = GGUF_ROPE_TYPES[scaling_type]
+    context = int_field(meta, p + "context_length", 4096)
+    original = int_field(meta, p + "rope.scaling.original_context_length", context)
+    factor = float_field(meta, p + "rope.scaling.factor", None)
+    attention_key = "rope.scaling.yarn_attn_factor" if scaling == "yarn" else "rope.scaling.attn_factor"
     return RopeConfig(
         dim=int_field(meta, p + "rope.dimension_count", head_dim),
         theta=float_field(meta, p + theta_key, default_theta),
-        scaling="linear" if scaling_type == "linear" else "none",
-        factor=float_field(meta, p + "rope.scaling.factor", 1.0) or 1.0,
+        scaling=scaling,
+        factor=factor or (context / original if scaling in ("yarn", "longrope") else 1.0),
+        original_max_position=original,
+        beta_fast=float_field(meta, p + "rope.scaling.yarn_beta_fast", None) or 32.0,
+        beta_slow=float_field(meta, p + "rope.scaling.yarn_beta_slow", None) or 1.0,
+        attention_factor=float_field(meta, p + attention_key, None),
     )
 
 
@@ -204,20 +258,54 @@ def hf_rope(cfg: dict[str, Any], head_dim: int, params: dict[str, Any] | None = 
     kind = merged.get("rope_type", merged.get("type", "default")) or "default"
     if not isinstance(kind, str):
         raise ConfigError(f"{where} 'rope_type' must be a name, got {_shown(kind)}")
-    kind = {"default": "none"}.get(kind, kind)
-    partial = float_field(cfg, "partial_rotary_factor", 1.0, where="config.json")
+    kind = HF_ROPE_TYPES.get(kind, kind)
+    partial = float_field(merged, "partial_rotary_factor", None, where=where)  # transformers 5 keeps it here
+    if partial is None:
+        partial = float_field(cfg, "partial_rotary_factor", 1.0, where="config.json")
     if not 0 < partial <= 1:
         raise ConfigError(f"config.json 'partial_rotary_factor' must be in (0, 1], got {_shown(partial)}")
+    max_positions = int_field(cfg, "max_position_embeddings", 8192, where="config.json")
+    # transformers: a top-level original_max_position_embeddings (Phi-3's) wins over rope_scaling's
+    original = int_field(cfg, "original_max_position_embeddings", None, where="config.json")
+    if original is None:
+        original = int_field(merged, "original_max_position_embeddings", max_positions, where=where)
+    factor = float_field(merged, "factor", None, where=where)
+    if factor is None:  # YaRN and LongRoPE without one: the context's growth over the original
+        factor = max_positions / original if kind in ("yarn", "longrope") else 1.0
     return RopeConfig(
         dim=int(head_dim * partial),
         theta=float_field(cfg, "rope_theta", 10000.0, where="config.json") if theta is None else theta,
         scaling=kind,
-        factor=float_field(merged, "factor", 1.0, where=where),
+        factor=factor,
         low_freq_factor=float_field(merged, "low_freq_factor", 1.0, where=where),
         high_freq_factor=float_field(merged, "high_freq_factor", 4.0, where=where),
-        original_max_position=int_field(merged, "original_max_position_embeddings",
-                                        int_field(cfg, "max_position_embeddings", 8192, where="config.json"), where=where),
+        original_max_position=original,
+        beta_fast=float_field(merged, "beta_fast", None, where=where) or 32.0,  # transformers: `or` its defaults
+        beta_slow=float_field(merged, "beta_slow", None, where=where) or 1.0,
+        truncate=_flag(merged, "truncate", True, where),
+        mscale=float_field(merged, "mscale", None, where=where),
+        mscale_all_dim=float_field(merged, "mscale_all_dim", None, where=where),
+        short_factors=_factor_list(merged, "short_factor", where),
+        long_factors=_factor_list(merged, "long_factor", where),
+        attention_factor=float_field(merged, "attention_factor", None, where=where),
     )
+
+
+def _flag(source: Mapping[str, Any], key: str, default: bool, where: str) -> bool:
+    value = source.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where} {key!r} must be true or false, got {_shown(value)}")
+    return value
+
+
+def _factor_list(source: Mapping[str, Any], key: str, where: str) -> list[float] | None:
+    """A list of numbers (LongRoPE's factors), or None when absent."""
+    value = source.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > MAX_SIZE:
+        raise ConfigError(f"{where} {key!r} must be a list of numbers, got {_shown(value)}")
+    return [float_field({key: x}, key, None, where=where) for x in value]
 
 
 def llama_fields_from_hf(cfg: dict[str, Any]) -> dict[str, Any]:

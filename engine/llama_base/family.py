@@ -13,7 +13,7 @@ from mistralrs.engine.formats.checkpoint import ModelFileError, RawTensor
 
 from mistralrs.engine.llama_base.config import ConfigError, LlamaConfig, config_from_gguf, config_from_hf
 from mistralrs.engine.llama_base.model import LlamaForCausalLM
-from mistralrs.engine.llama_base.weights import GGUF_BLOCK_NAMES, gguf_weights, hf_weights
+from mistralrs.engine.llama_base.weights import GGUF_BLOCK_NAMES, LONGROPE_FACTORS, gguf_weights, hf_weights
 
 TIED = {"lm_head.weight": "model.embed_tokens.weight"}
 # formats whose checkpoints carry GGUF tensor names and metadata (legacy GGML files are presented so)
@@ -63,9 +63,7 @@ class LlamaFamily:
                 arch = ckpt.metadata["general.architecture"]
                 cfg = self.config_from_gguf(ckpt.metadata, arch)
                 self.check_tensors(cfg, ckpt, arch)
-                if "rope_freqs.weight" in ckpt.tensor_names():
-                    cfg.rope.freq_factors = self.rope_freq_factors(ckpt)
-                    cfg.validate()
+                self.read_rope_tensors(cfg, ckpt)
                 cfg.tie_word_embeddings = "output.weight" not in ckpt.tensor_names()
                 return cfg
             cfg = self.config_from_hf(ckpt.metadata)
@@ -126,11 +124,27 @@ class LlamaFamily:
                       "intermediate_size and hidden_size"),
         ]
 
+    def read_rope_tensors(self, cfg: LlamaConfig, ckpt: Any) -> None:
+        """RoPE a GGUF file holds as tensors: llama3's per-frequency divisors (``rope_freqs``) and
+        LongRoPE's short and long factor sets (llama.cpp's converter writes Phi-3's so, with no
+        ``rope.scaling.type``: the default attention factor then takes the context's growth)."""
+        names = ckpt.tensor_names()
+        if "rope_freqs.weight" in names:
+            cfg.rope.freq_factors = self.rope_freq_factors(ckpt)
+            cfg.validate()
+        if any(name in names for name in LONGROPE_FACTORS):
+            if cfg.rope.scaling != "longrope":
+                cfg.rope.factor = cfg.max_position_embeddings / cfg.rope.original_max_position
+            cfg.rope.scaling = "longrope"
+            cfg.rope.short_factors, cfg.rope.long_factors = (
+                self.rope_freq_factors(ckpt, name) if name in names else None for name in LONGROPE_FACTORS)
+            cfg.validate()
+
     @staticmethod
-    def rope_freq_factors(ckpt: Any) -> list[float]:
-        raw = ckpt.tensor("rope_freqs.weight")
+    def rope_freq_factors(ckpt: Any, name: str = "rope_freqs.weight") -> list[float]:
+        raw = ckpt.tensor(name)
         if raw.qtype not in ("F32", "F16") or len(raw.shape) != 1:
-            raise ConfigError(f"tensor 'rope_freqs.weight' must be a float vector, got {raw.qtype} {list(raw.shape)}")
+            raise ConfigError(f"tensor {name!r} must be a float vector, got {raw.qtype} {list(raw.shape)}")
         return raw.data.float().tolist()
 
     def configure(self, cfg: LlamaConfig, options: Any) -> LlamaConfig:

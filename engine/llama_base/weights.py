@@ -27,7 +27,8 @@ GGUF_TOP_NAMES = {
     "output_norm": "model.norm",
     "output": "lm_head",
 }
-GGUF_NOT_PARAMETERS = {"rope_freqs.weight"}  # read into the config instead
+LONGROPE_FACTORS = ("rope_factors_short.weight", "rope_factors_long.weight")  # GGUF LongRoPE (Phi-3)
+GGUF_NOT_PARAMETERS = {"rope_freqs.weight", *LONGROPE_FACTORS}  # read into the config instead
 _BLOCK = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
 
 

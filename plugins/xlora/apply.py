@@ -20,6 +20,31 @@ from mistralrs.plugins.xlora.xlora_model import XLoraModel
 log = logging.getLogger(__name__)
 
 
+def _split_fused(model: nn.Module, adapters: list[LoraAdapter]) -> dict[str, str]:
+    """Adapters trained on a checkpoint's fused projections (Phi-3's ``qkv_proj``, ``gate_up_proj``)
+    target a module the model holds as its parts: the family splits the weight at load and names the
+    parts in ``fused_linears`` (fused suffix -> parts' suffixes). A LoRA on the fused weight is exactly
+    LoRAs on its parts with ``A`` shared and ``B`` split by rows, so the adapters are rewritten so.
+    Returns part path -> the fused path the adapter named (X-LoRA numbers its layers by the latter)."""
+    fused = getattr(model, "fused_linears", None) or {}
+    origin: dict[str, str] = {}
+    for adapter in adapters:
+        for path, lora in list(adapter.modules.items()):
+            suffix = next((s for s in fused if path.endswith("." + s)), None)
+            if suffix is None:
+                continue
+            parts = [path[: -len(suffix)] + part for part in fused[suffix]]
+            rows = [target_linear(model, part, adapter.name).out_features for part in parts]
+            if lora.b.shape[0] != sum(rows):
+                raise AdapterError(f"adapter {adapter.name!r}: {path} has lora_B {list(lora.b.shape)}, but its parts "
+                                   f"{', '.join(parts)} have {sum(rows)} outputs")
+            del adapter.modules[path]
+            for part, b in zip(parts, lora.b.split(rows)):
+                adapter.modules[part] = replace(lora, b=b.contiguous())
+                origin[part] = path
+    return origin
+
+
 def _terms_by_module(model: nn.Module, adapters: list[LoraAdapter]) -> dict[str, list[AdapterTerm]]:
     """Module path -> the adapters targeting it, checked against the model's layers."""
     terms: dict[str, list[AdapterTerm]] = {}
@@ -34,6 +59,7 @@ def apply_lora(model: nn.Module, cfg, device: torch.device, dtype: torch.dtype) 
     if not cfg.source:
         raise AdapterError("adapter=lora needs adapter.source=<PEFT adapter directory>[,<another>...]")
     adapters = [read_lora_adapter(Path(p.strip())) for p in str(cfg.source).split(",") if p.strip()]
+    _split_fused(model, adapters)
     merged = unmerged = 0
     for path, terms in _terms_by_module(model, adapters).items():
         layer = target_linear(model, path)
@@ -59,13 +85,14 @@ def apply_xlora(model: nn.Module, cfg, device: torch.device, dtype: torch.dtype)
     hidden = _hidden_size(model)
     if files.config.hidden_size != hidden:
         raise AdapterError(f"the X-LoRA config's hidden_size is {files.config.hidden_size}, the model's {hidden}")
+    origin = _split_fused(model, files.adapters)
     terms = _terms_by_module(model, files.adapters)
     for path in terms:
         routed = routed_ancestor(model, path)
         if routed is not None:
             raise AdapterError(f"X-LoRA scales adapters per token, but {path} is an expert of the mixture {routed}, "
                                "which sees only its routed tokens; X-LoRA adapters may target the other layers")
-    layer_of = _xlora_layers(model, files, terms)
+    layer_of = _xlora_layers(model, files, terms, origin)
     n_layers = len(set(layer_of.values())) if files.layers is None else len(files.layers)
     classifier = _classifier(files, n_layers, device)
     mixer = ScalingMixer(files.config.scaling_pass_value)
@@ -84,18 +111,21 @@ def _hidden_size(model: nn.Module) -> int:
     return int(model.config.hidden_size)
 
 
-def _xlora_layers(model: nn.Module, files: XLoraFiles, terms: dict) -> dict[str, int]:
+def _xlora_layers(model: nn.Module, files: XLoraFiles, terms: dict, origin: dict[str, str]) -> dict[str, int]:
+    """Module path -> X-LoRA layer; the parts of a fused module the adapters named share its layer."""
+    named = {name: origin.get(name, name) for name in terms}
     if files.layers is None:  # PEFT numbers the targeted modules in traversal order
-        order = [name for name, _ in model.named_modules() if name in terms]
-        return {name: i for i, name in enumerate(order)}
-    missing = sorted(set(terms) - set(files.layers))
+        order = {fused: i for i, fused in enumerate(dict.fromkeys(
+            named[name] for name, _ in model.named_modules() if name in terms))}
+        return {name: order[named[name]] for name in terms}
+    missing = sorted(set(named.values()) - set(files.layers))
     if missing:
         raise AdapterError(f"the ordering file's 'layers' lacks {missing[:4]}{' ...' if len(missing) > 4 else ''}, "
                            "which the adapters target")
     indices = sorted(files.layers.values())
     if indices != list(range(len(indices))):
         raise AdapterError("the ordering file's 'layers' must number the X-LoRA layers 0, 1, 2, ... once each")
-    return dict(files.layers)
+    return {name: files.layers[named[name]] for name in terms}
 
 
 def _classifier(files: XLoraFiles, n_layers: int, device: torch.device) -> XLoraClassifier:
