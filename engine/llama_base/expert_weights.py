@@ -17,8 +17,9 @@ import re
 from typing import Iterator
 
 from mistralrs.engine.formats.checkpoint import RawTensor
+from mistralrs.engine.formats.transforms import split_row_blocks
 
-__all__ = ["expert_target", "gguf_expert_tensors", "hf_fused_expert_tensors", "split_experts", "split_rows"]
+__all__ = ["expert_target", "gguf_expert_tensors", "hf_fused_expert_tensors", "split_experts"]
 
 _GGUF_MERGED = re.compile(r"^blk\.(\d+)\.ffn_(gate|up|down)_exps\.weight$")
 _GGUF_PER_EXPERT = re.compile(r"^blk\.(\d+)\.ffn_(gate|up|down)\.(\d+)\.weight$")
@@ -29,18 +30,10 @@ def expert_target(layer: int | str, expert: int | str, proj: str) -> str:
     return f"model.layers.{layer}.mlp.experts.{expert}.{proj}_proj.weight"
 
 
-def split_rows(raw: RawTensor, start: int, stop: int) -> RawTensor:
-    """Rows ``start:stop`` (along dimension 0) of a float or block-quantized tensor: rows are whole
-    blocks, so this is lossless either way."""
-    per_row = raw.data.numel() // raw.shape[0]  # elements, or bytes when quantized
-    data = raw.data.reshape(-1)[start * per_row: stop * per_row]
-    return RawTensor(f"{raw.name}[{start}:{stop}]", raw.qtype, (stop - start, *raw.shape[1:]), data)
-
-
 def split_experts(raw: RawTensor) -> Iterator[RawTensor]:
-    """A [experts, out, in] tensor -> one [out, in] tensor per expert."""
-    for e in range(raw.shape[0]):
-        part = split_rows(raw, e, e + 1)
+    """A [experts, out, in] tensor -> one [out, in] tensor per expert (whole rows of blocks: lossless
+    for quantized tensors too)."""
+    for e, part in enumerate(split_row_blocks(raw, (1,) * raw.shape[0])):
         yield RawTensor(f"{raw.name}[{e}]", raw.qtype, raw.shape[1:], part.data)
 
 
@@ -68,7 +61,8 @@ def hf_fused_expert_tensors(name: str, raw: RawTensor, inter: int) -> Iterator[t
             if kind == "down_proj":
                 yield expert_target(layer, e, "down"), part
             else:
-                yield expert_target(layer, e, "gate"), split_rows(part, 0, inter)
-                yield expert_target(layer, e, "up"), split_rows(part, inter, 2 * inter)
+                gate, up = split_row_blocks(part, (inter, part.shape[0] - inter))
+                yield expert_target(layer, e, "gate"), gate
+                yield expert_target(layer, e, "up"), up
 
     return parts()
