@@ -123,14 +123,15 @@ class LLM:
         :class:`~mistralrs.engine.tools.ToolCallDelta` (engine/tools/)."""
         plan = self.tool_plan(tools, tool_choice, parallel_tool_calls)
         if plan.grammar is not None:
-            if "response_format" in sampling or "structured_outputs" in sampling:
-                raise ValueError("response_format/structured_outputs cannot be combined with a required tool call")
+            if {"response_format", "structured_outputs", "grammar"} & set(sampling):
+                raise ValueError("response_format/structured_outputs/grammar cannot be combined with a required tool call")
             sampling["grammar"] = plan.grammar
         ids = self.chat_prompt_ids(messages, plan)
-        if plan.request is None:
+        if plan.request is None and tools is None:
             pieces = (piece for _, piece in self._events([ids], sampling))
             return pieces if stream else "".join(pieces)
-        deltas = self._tool_deltas(ids, sampling, plan)
+        deltas = self._tool_deltas(ids, sampling, plan) if plan.request is not None else (
+            ContentDelta(piece) for _, piece in self._events([ids], sampling))  # tool_choice "none"
         if stream:
             return deltas
         message: dict[str, Any] = {"role": "assistant", "content": ""}

@@ -274,3 +274,66 @@ def test_special_marker_tokens_reach_the_parser(tmp_path):
     assert len(marker) == 1 and tok.decode(marker, skip_special=True) == ""
     assert marker_token_texts(tok, TOOL_PARSERS["mistral"]) == {marker[0]: "[TOOL_CALLS]"}
     assert marker_token_texts(tok, TOOL_PARSERS["hermes"]) == {}
+
+
+# ----------------------------------------------------------------------------- from review
+
+
+def test_required_grammar_keeps_each_schemas_own_refs(smol_tok):
+    """A pydantic-style schema (#/$defs/...) stays a root inside the grammar of calls."""
+    loc = {"type": "object", "properties": {"c": {"enum": ["x", "y"]}}, "required": ["c"], "additionalProperties": False}
+    tools = [{"type": "function", "function": {"name": "where", "parameters": {
+        "type": "object", "properties": {"loc": {"$ref": "#/$defs/Loc"}}, "required": ["loc"],
+        "additionalProperties": False, "$defs": {"Loc": loc}}}}]
+    plan = plan_tools(ALTERNATING, tools, "required", False)
+    for seed in range(3):
+        parser = plan.new_parser()
+        parser.feed(sample_until_finished(plan.grammar, smol_tok, seed))
+        parser.finish()
+        (call,) = parser.calls
+        jsonschema.validate(json.loads(call.arguments), tools[0]["function"]["parameters"])
+
+
+def test_parameters_must_describe_an_object():
+    with pytest.raises(ToolRequestError, match="must describe an object"):
+        parse_tool_request([{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}])
+    (f,) = parse_tool_request([{"type": "function", "function": {"name": "f", "parameters": {}}}]).functions
+    assert f.parameters == {"type": "object"}
+
+
+def test_closing_tag_inside_an_argument_and_deep_arguments():
+    text = '<tool_call>\n{"name": "get_time", "arguments": {"zone": "</tool_call>"}}\n</tool_call>'
+    for step in (1, 5, 1000):
+        parser, _ = _parse("hermes", text, step, forced=True)
+        assert [(c.name, json.loads(c.arguments)) for c in parser.calls] == [("get_time", {"zone": "</tool_call>"})]
+    deep = '<tool_call>{"name": "get_time", "arguments": "' + "[" * 100_000 + '"}</tool_call>'
+    parser, _ = _parse("hermes", deep, 1000)
+    assert parser.calls == [] and parser.content == deep
+
+
+@pytest.mark.parametrize("parser_name, text, content", [
+    ("mistral", '[TOOL_CALLS][{"name": "get_time", "arguments": {"zone": "CET"}}] Done.', " Done."),
+    ("llama3_json", '{"name": "get_time", "parameters": {"zone": "CET"}} and that is all', " and that is all"),
+])
+def test_text_after_the_calls_is_content(parser_name, text, content):
+    parser, _ = _parse(parser_name, text, 7)
+    assert [c.name for c in parser.calls] == ["get_time"] and parser.content == content
+
+
+def test_one_call_without_parallel_calls():
+    two = ('<tool_call>{"name": "get_time", "arguments": {"zone": "A"}}</tool_call>'
+           '<tool_call>{"name": "get_time", "arguments": {"zone": "B"}}</tool_call>')
+    parser = TOOL_PARSERS["hermes"](SCHEMAS, parallel=False)
+    parser.feed(two)
+    parser.finish()
+    assert len(parser.calls) == 1 and parser.content == two[two.index("</tool_call>") + len("</tool_call>"):]
+
+
+def test_generic_format_keeps_content_parts_and_merges_a_user_turn_after_results():
+    history = TURN_TWO[:1] + [dict(TURN_TWO[1], content=[{"type": "text", "text": "Let me check."}])] + TURN_TWO[2:] + [
+        {"role": "user", "content": "And in Rome?"}]
+    text = _render(ALTERNATING, history)
+    assert "<assistant>Let me check.\n<tool_call>" in text
+    assert "14:05\n</tool_response>\nAnd in Rome?</user>" in text
+    with pytest.raises(ToolRequestError, match=r"messages\[2\].content is missing"):
+        _render(ALTERNATING, TURN_TWO[:2] + [{"role": "tool", "tool_call_id": "call_1"}])

@@ -33,7 +33,7 @@ async def tokenize(request: Request) -> Response:
         if len(req.messages) > server.cfg.max_messages:
             raise invalid(f"at most {server.cfg.max_messages} messages are allowed", "messages")
         with engine_errors("messages"):
-            tools = server.llm.tool_plan(req.tools, req.tool_choice)
+            tools = server.llm.tool_plan(req.tools, req.tool_choice, req.parallel_tool_calls)
             ids = await asyncio.to_thread(server.llm.chat_prompt_ids, req.messages, tools)
     else:
         ids = await asyncio.to_thread(tok.encode, req.prompt, add_special=req.add_special_tokens, parse_special=True)

@@ -123,6 +123,7 @@ class TokenizeRequest(Struct, kw_only=True):
     messages: list[dict[str, Any]] | None = None  # tokenize a chat as the chat endpoint would
     tools: Any = None  # with messages: the prompt the chat endpoint renders with these tools
     tool_choice: Any = None
+    parallel_tool_calls: Any = None
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
 

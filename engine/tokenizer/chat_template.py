@@ -189,6 +189,12 @@ def _compile(template: str) -> jinja2.Template:
         raise ChatTemplateError(f"invalid chat template: {exc}") from None
 
 
+def message_text(content: Any, where: str) -> str:
+    """A message's ``content`` as text: a string, or text parts joined with newlines; a
+    ChatTemplateError naming ``where`` otherwise."""
+    return _message_content(content, where)
+
+
 def _message_content(content: Any, where: str) -> str:
     if isinstance(content, str):
         return content

@@ -45,8 +45,9 @@ class ToolCallParser:
         call = f'{{"name": "<function name>", "{cls.args_key}": {{<arguments as a JSON object>}}}}'
         return cls.forced_open + cls.forced_call_prefix + call + cls.forced_call_suffix + cls.forced_close
 
-    def __init__(self, allowed: Iterable[str], *, forced: bool = False):
+    def __init__(self, allowed: Iterable[str], *, forced: bool = False, parallel: bool = True):
         self.allowed = frozenset(allowed)
+        self.parallel = parallel  # False: one call at most (parallel_tool_calls); later ones stay content
         self.calls: list[ToolCall] = []
         self.content = ""
         self._buffer = ""
@@ -77,18 +78,28 @@ class ToolCallParser:
         return out
 
     def _take_calls(self, final: bool) -> list[Delta]:
-        """Default: the whole call section is parsed when the output ends."""
+        """Default: the whole call section is parsed when the output ends; text after the calls is
+        content."""
         if not final:
             return []
         text, self._buffer = self._buffer, ""
-        return self._accept(text, self._calls_in(text))
+        found, rest = self._calls_in(text)
+        if found is None:
+            return self._accept(text, None)
+        out = self._accept(text[:len(text) - len(rest)], found)
+        self._emit_content(rest, out)
+        return out
 
-    def _calls_in(self, text: str) -> list[tuple[str, object]] | None:
+    def _calls_in(self, text: str) -> tuple[list[tuple[str, object]] | None, str]:
+        """The calls at the start of the call section, and the text after them (None: no calls)."""
         raise NotImplementedError
 
     def _accept(self, raw: str, found: list[tuple[str, object]] | None) -> list[Delta]:
-        """Calls if every one is valid, else the raw text as content."""
+        """Calls if every one is valid (and, without parallel calls, only one in all), else the raw
+        text as content."""
         calls = []
+        if not self.parallel and (self.calls or len(found or []) > 1):
+            found = None
         for name, arguments in found or []:
             args = json_arguments(arguments) if isinstance(name, str) and name in self.allowed else None
             if args is None:
@@ -122,28 +133,48 @@ class HermesParser(ToolCallParser):
     def _take_calls(self, final: bool) -> list[Delta]:
         out: list[Delta] = []
         while True:  # the buffer starts at a <tool_call> (or between blocks)
-            stripped = self._buffer.lstrip()
-            if stripped and not stripped.startswith(self.start[:len(stripped)]):
-                # text after the calls: content again
-                self._in_calls = False
-                return out + self._drain(final)
-            close = self._buffer.find(self.end)
-            if close < 0:
-                if final and self._buffer.strip():
-                    raw, self._buffer = self._buffer, ""
-                    out += self._accept(raw, _hermes_call(raw[raw.find(self.start) + len(self.start):]))
-                elif final:
+            buf = self._buffer
+            stripped = buf.lstrip()
+            if not stripped:
+                if final:
                     self._buffer = ""
                 return out
-            raw, self._buffer = self._buffer[:close + len(self.end)], self._buffer[close + len(self.end):]
-            body = raw[raw.find(self.start) + len(self.start):close]
-            out += self._accept(raw, _hermes_call(body))
+            if not stripped.startswith(self.start):
+                if not final and self.start.startswith(stripped):
+                    return out  # the next marker is still arriving
+                self._in_calls = False  # text after the calls: content again
+                return out + self._drain(final)
+            step = self._one_call(buf, len(buf) - len(stripped) + len(self.start), final)
+            if step is None:
+                return out  # the call is still arriving
+            length, found = step
+            raw, self._buffer = buf[:length], buf[length:]
+            out += self._accept(raw, found)
+
+    def _one_call(self, buf: str, at: int, final: bool) -> tuple[int, list | None] | None:
+        """(length of the call's text, its [(name, arguments)] or None if malformed), or None while it
+        is incomplete. The object is read as JSON first, so a closing tag inside a string argument
+        does not end it."""
+        j = len(buf) - len(buf[at:].lstrip())
+        try:
+            obj, end = _DECODER.raw_decode(buf, j)
+        except (json.JSONDecodeError, RecursionError):
+            obj, end = None, j
+        if isinstance(obj, dict):
+            k = len(buf) - len(buf[end:].lstrip())
+            if buf.startswith(self.end, k):
+                return k + len(self.end), _hermes_fields(obj)
+            if self.end.startswith(buf[k:]):  # the closing tag is on its way, or the output ended
+                return (len(buf), _hermes_fields(obj)) if final else None
+        elif obj is None and not final:
+            return None  # the object is still arriving (a broken one is content when the output ends)
+        close = buf.find(self.end, at)  # malformed: through its closing tag, as content
+        if close < 0:
+            return (len(buf), None) if final else None
+        return close + len(self.end), None
 
 
-def _hermes_call(body: str) -> list[tuple[str, object]] | None:
-    obj = _json(body)
-    if not isinstance(obj, dict):
-        return None
+def _hermes_fields(obj: dict) -> list[tuple[object, object]]:
     return [(obj.get("name"), obj.get("arguments", obj.get("parameters")))]
 
 
@@ -154,8 +185,8 @@ class Llama3JsonParser(ToolCallParser):
     args_key = "parameters"
     forced_separator = "; "
 
-    def __init__(self, allowed: Iterable[str], *, forced: bool = False):
-        super().__init__(allowed, forced=forced)
+    def __init__(self, allowed: Iterable[str], *, forced: bool = False, parallel: bool = True):
+        super().__init__(allowed, forced=forced, parallel=parallel)
         self._plain = False  # the output began as text: it is content to the end
 
     def _drain(self, final: bool) -> list[Delta]:
@@ -175,16 +206,14 @@ class Llama3JsonParser(ToolCallParser):
             return out
         return self._take_calls(final)
 
-    def _calls_in(self, text: str) -> list[tuple[str, object]] | None:
-        body = text.strip()
-        if body.startswith(self.start):
-            body = body[len(self.start):]
-        found = []
-        for obj in _json_sequence(body, separators=";"):
-            if not isinstance(obj, dict):
-                return None
-            found.append((obj.get("name"), obj.get("parameters", obj.get("arguments"))))
-        return found or None
+    def _calls_in(self, text: str) -> tuple[list[tuple[str, object]] | None, str]:
+        at = len(text) - len(text.lstrip())
+        if text.startswith(self.start, at):
+            at += len(self.start)
+        values, rest = _json_sequence(text, at, separators=";")
+        if not values or not all(isinstance(v, dict) for v in values):
+            return None, text
+        return [(v.get("name"), v.get("parameters", v.get("arguments"))) for v in values], rest
 
 
 class MistralParser(ToolCallParser):
@@ -198,25 +227,31 @@ class MistralParser(ToolCallParser):
     def example(cls) -> str:
         return cls.start + super().example()
 
-    def _calls_in(self, text: str) -> list[tuple[str, object]] | None:
+    def _calls_in(self, text: str) -> tuple[list[tuple[str, object]] | None, str]:
         found: list[tuple[str, object]] = []
-        for section in text.split(self.start):
-            section = section.strip()
-            if not section:
+        sections = text.split(self.start)
+        rest = ""
+        for i, section in enumerate(sections):
+            if not section.strip():
                 continue
-            if section.startswith(("[", "{")):  # v0.3: a JSON list of calls (or one call)
-                obj = _json(section)
-                items = obj if isinstance(obj, list) else [obj]
-                if not all(isinstance(item, dict) for item in items):
-                    return None
+            if rest.strip():  # text between calls: only the last section may end in text
+                return None, text
+            if section.lstrip().startswith(("[", "{")):  # v0.3: a JSON list of calls (or one call)
+                values, rest = _json_sequence(section, 0, separators="", limit=1)
+                items = values[0] if values and isinstance(values[0], list) else values
+                if not items or not all(isinstance(item, dict) for item in items):
+                    return None, text
                 found += [(item.get("name"), item.get("arguments", item.get("parameters"))) for item in items]
             else:  # v11+: name[ARGS]{...}, or name{...}
                 name, sep, args = section.partition("[ARGS]")
                 if not sep:
                     brace = section.find("{")
                     name, args = (section[:brace], section[brace:]) if brace > 0 else (section, "")
-                found.append((name.strip(), _json(args)))
-        return found or None
+                values, rest = _json_sequence(args, 0, separators="", limit=1)
+                if not values:
+                    return None, text
+                found.append((name.strip(), values[0]))
+        return (found or None), rest
 
 
 TOOL_PARSERS: dict[str, type[ToolCallParser]] = {p.name: p for p in (HermesParser, Llama3JsonParser, MistralParser)}
@@ -250,24 +285,23 @@ def _partial_suffix(text: str, marker: str) -> int:
     return 0
 
 
-def _json(text: str) -> object:
-    try:
-        return json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
-        return None
+_DECODER = json.JSONDecoder()
 
 
-def _json_sequence(text: str, separators: str) -> list[object]:
-    """JSON values one after another, separated by whitespace and ``separators``; [] if any is bad."""
-    decoder = json.JSONDecoder()
-    out, i = [], 0
-    while True:
-        while i < len(text) and (text[i].isspace() or text[i] in separators):
-            i += 1
-        if i == len(text):
-            return out
+def _json_sequence(text: str, at: int, separators: str, limit: int | None = None) -> tuple[list[object], str]:
+    """JSON values one after another from ``at``, separated by whitespace and ``separators`` (at most
+    ``limit``), and the text after the last one read (from the first thing that is not one)."""
+    out, i = [], at
+    while limit is None or len(out) < limit:
+        j = i
+        while j < len(text) and (text[j].isspace() or text[j] in separators):
+            j += 1
+        if j == len(text):
+            return out, text[i:]
         try:
-            value, i = decoder.raw_decode(text, i)
+            value, j = _DECODER.raw_decode(text, j)
         except (json.JSONDecodeError, RecursionError):
-            return []
+            break
         out.append(value)
+        i = j
+    return out, text[i:]

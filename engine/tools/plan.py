@@ -33,7 +33,7 @@ class ToolPlan:
         """A parser for one choice's output, or None when the output is plain content."""
         if self.request is None:
             return None
-        return self.parser(self.request.names, forced=self.grammar is not None)
+        return self.parser(self.request.names, forced=self.grammar is not None, parallel=self.request.parallel)
 
 
 def plan_tools(template: str, tools: Any = None, tool_choice: Any = None, parallel_tool_calls: Any = None,

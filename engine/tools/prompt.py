@@ -21,6 +21,7 @@ from typing import Any
 import jinja2
 import jinja2.meta
 
+from mistralrs.engine.tokenizer.chat_template import ChatTemplateError, message_text
 from mistralrs.engine.tools.parsers import ToolCallParser
 from mistralrs.engine.tools.request import ToolRequest, ToolRequestError
 
@@ -53,16 +54,18 @@ def prepare_messages(messages: list[dict], request: ToolRequest | None, parser: 
     out: list[dict] = []
     after_result = False
     for i, message in enumerate(messages):
-        is_result = isinstance(message, dict) and message.get("role") == "tool"
+        role = message.get("role") if isinstance(message, dict) else None
         if not isinstance(message, dict):
             out.append(message)  # validate_messages names it when the template renders
-        elif is_result:
-            _append_tool_result(out, message, merge=after_result)
-        elif message.get("role") == "assistant" and message.get("tool_calls"):
+        elif role == "tool":
+            _append_tool_result(out, message, i, merge=after_result)
+        elif role == "assistant" and message.get("tool_calls"):
             out.append(_calls_as_content(message, i, parser))
+        elif role == "user" and after_result:  # results and the user's next words: one user turn
+            out[-1] = {**out[-1], "content": out[-1]["content"] + "\n" + _text(message, i)}
         else:
             out.append(message)
-        after_result = is_result
+        after_result = role == "tool" or (after_result and role == "user")
     if request:
         out = _with_system_text(out, _generic_instructions(request, parser))
     return out, {}
@@ -86,13 +89,21 @@ def _with_system_text(messages: list[dict], text: str) -> list[dict]:
     return [{"role": "system", "content": text}, *messages]
 
 
-def _append_tool_result(out: list[dict], message: dict, merge: bool) -> None:
-    content = message.get("content")
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-        content = "\n".join(str(p.get("text", "")) for p in content)
-    elif not isinstance(content, str):
-        content = json.dumps(content, ensure_ascii=False)
-    block = f"<tool_response>\n{content}\n</tool_response>"
+def _text(message: dict, index: int) -> str:
+    """A message's content as text (text parts joined), or a 400 naming it."""
+    if "content" not in message:
+        raise ToolRequestError(f"messages[{index}].content is missing", "messages")
+    content = message["content"]
+    if content is None:
+        return ""
+    try:
+        return message_text(content, f"messages[{index}]")
+    except ChatTemplateError as exc:
+        raise ToolRequestError(str(exc), "messages") from None
+
+
+def _append_tool_result(out: list[dict], message: dict, index: int, merge: bool) -> None:
+    block = f"<tool_response>\n{_text(message, index)}\n</tool_response>"
     if merge:  # consecutive results make one user turn (templates insist on alternating turns)
         out[-1] = {**out[-1], "content": out[-1]["content"] + "\n" + block}
     else:
@@ -108,8 +119,7 @@ def _calls_as_content(message: dict, index: int, parser: type[ToolCallParser]) -
     written = parser.forced_open + parser.forced_separator.join(calls) + parser.forced_close
     if parser.forced_open == "[":  # mistral's list follows its marker
         written = parser.start + written
-    content = message.get("content")
-    text = content if isinstance(content, str) else ""
+    text = _text(message, index) if "content" in message else ""
     clean = {k: v for k, v in message.items() if k != "tool_calls"}
     clean["content"] = f"{text}\n{written}" if text else written
     return clean

@@ -106,6 +106,12 @@ def _functions(tools: Any) -> tuple[Function, ...]:
         parameters = fn.get("parameters", _EMPTY_PARAMETERS)
         if not isinstance(parameters, dict):
             raise ToolRequestError(f"{where}.function.parameters must be a JSON schema object", "tools")
+        # arguments are a JSON object (OpenAI's rule): a schema that says nothing of the type means one
+        if "type" not in parameters:
+            parameters = {**parameters, "type": "object"}
+        elif parameters["type"] != "object":
+            raise ToolRequestError(f"{where}.function.parameters must describe an object (\"type\": \"object\"), "
+                                   f"got type {parameters['type']!r}", "tools")
         strict = fn.get("strict")
         if strict is not None and not isinstance(strict, bool):
             raise ToolRequestError(f"{where}.function.strict must be a boolean", "tools")
