@@ -47,9 +47,7 @@ def test_a_request_field_overrides_the_server_setting(server):
     assert len(sampled) > 1  # temperature 2 from the request, not the server's greedy 0
 
 
-@pytest.mark.parametrize("kwargs, param", [
-    (dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]), "tools"),
-    (dict(tool_choice="required"), "tool_choice"),
+@pytest.mark.parametrize("kwargs, param", [  # tools are served: tests/test_server_tools.py
     (dict(extra_body={"functions": [{"name": "f"}]}), "functions"),
     (dict(modalities=["text", "audio"]), "modalities"),
     (dict(audio={"voice": "alloy", "format": "wav"}), "audio"),
