@@ -60,7 +60,9 @@ async def chat_completions(request: Request) -> Response:
         firsts = await until_disconnect(request, start_all(gens))
 
     reply = ChatReply(server, logprobs is not None, len(prompt_ids), bool(req.return_tokens_as_token_ids), tools)
-    events = with_marker_text(merge(gens, firsts), reply.markers)
+    events = merge(gens, firsts)
+    if reply.markers:  # only a tool parser needs special tokens' text: no extra layer per token otherwise
+        events = with_marker_text(events, reply.markers)
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return sse_response(reply.stream(events, include_usage))
