@@ -101,7 +101,7 @@ def test_fast_paths_are_as_close_to_float_reference_as_llamacpp(fast, float_ref,
     assert_as_close_as_llamacpp(lambda ids: decode_path_logits(fast, ids), float_ref, llamacpp_ref, last)  # decode
 
 
-@pytest.mark.parametrize("kv_dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("kv_dtype", ["float32", "float16", "bfloat16", "q8_0"])
 def test_each_kv_cache_dtype_keeps_decode_as_close_as_llamacpp(fast, float_ref, llamacpp_ref, kv_dtype):
     """engine.kv_cache_dtype: keys and values stored in that dtype, read by the decode kernels; each
     stays within DESIGN.md's bar (llama.cpp's argmax agreement and last-position error)."""

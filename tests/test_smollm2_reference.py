@@ -120,7 +120,7 @@ def test_fast_decode_path_is_as_close_to_float_reference_as_llamacpp(fast_llm, f
     assert_as_close_as_llamacpp(lambda ids: decode_path_logits(fast_llm, ids), float_ref, llamacpp_ref)
 
 
-@pytest.mark.parametrize("kv_dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("kv_dtype", ["float32", "float16", "bfloat16", "q8_0"])
 def test_each_kv_cache_dtype_keeps_decode_as_close_as_llamacpp(fast_llm, float_ref, llamacpp_ref, kv_dtype):
     """engine.kv_cache_dtype: keys and values stored in that dtype, read by the decode kernels; each
     stays within DESIGN.md's bar (llama.cpp's argmax agreement and last-position error)."""

@@ -14,7 +14,7 @@ from mistralrs.conf.schema import EngineConfig
 
 from mistralrs.engine.core.block_manager import KVBlockPool
 from mistralrs.engine.core.context_policy import ContextLengthExceeded, check_fits
-from mistralrs.engine.core.kv_cache import KVCache, kv_cache_dtype
+from mistralrs.engine.core.kv_cache import KVCache, KVDType, check_kv_head_dims, kv_cache_dtype, kv_row_bytes
 from mistralrs.engine.loading.loader import LoadedModel
 from mistralrs.engine.core.model_runner import ModelRunner
 from mistralrs.engine.core.sampler import SamplingParams, make_generator
@@ -50,10 +50,10 @@ class EngineStats:
     preemptions: int
 
 
-def kv_bytes_per_token(model: torch.nn.Module, dtype: torch.dtype, num_caches: int) -> int:
+def kv_bytes_per_token(model: torch.nn.Module, dtype: KVDType, num_caches: int) -> int:
     spec = model.cache_spec()
-    per_layer = spec.num_kv_heads * (spec.head_dim + (spec.v_head_dim or spec.head_dim))
-    return spec.num_layers * per_layer * torch.finfo(dtype).bits // 8 * num_caches
+    rows = kv_row_bytes(dtype, spec.head_dim) + kv_row_bytes(dtype, spec.v_head_dim or spec.head_dim)
+    return spec.num_layers * spec.num_kv_heads * rows * num_caches
 
 
 class LLMEngine:
@@ -66,6 +66,8 @@ class LLMEngine:
         self.num_caches = model.num_kv_caches
         # Slots of the one pool that every cache's blocks come from (X-LoRA: two per token).
         self.kv_dtype = kv_cache_dtype(cfg.kv_cache_dtype, loaded.dtype, exact)
+        spec = model.cache_spec()
+        check_kv_head_dims(self.kv_dtype, (spec.head_dim, spec.v_head_dim or spec.head_dim))
         per_slot = kv_bytes_per_token(model, self.kv_dtype, 1)
         tokens = cfg.kv_cache_tokens or min(cfg.max_seqs * loaded.max_seq_len * self.num_caches,
                                             int(cfg.kv_cache_memory_gb * 2**30 // per_slot))

@@ -9,7 +9,8 @@ from mistralrs.engine.core.batch import AttentionBatch
 from mistralrs.engine.kernels import fast_ops
 from mistralrs.engine.core.kv_cache import KVCache
 
-NATIVE_CACHE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# the cache tensors' dtypes the native kernels take (uint8: q8_0 blocks, engine/core/kv_cache.py)
+NATIVE_CACHE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.uint8)
 
 
 def cached_attention(
@@ -24,7 +25,7 @@ def cached_attention(
 ) -> torch.Tensor:
     """Returns [T, heads, v_head_dim]."""
     k_cache, v_cache = cache.k[layer], cache.v[layer]
-    # the native kernels take float32 activations over a float32, float16 or bfloat16 cache
+    # the native kernels take float32 activations over a float32, float16, bfloat16 or q8_0 cache
     ops = fast_ops(q) if k_cache.dtype in NATIVE_CACHE_DTYPES and not k_cache.is_cuda else None
     if ops is not None:
         ops.kv_write(k_cache, v_cache, batch.slot_mapping, k, v)
@@ -36,8 +37,8 @@ def cached_attention(
     out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
     for seg, mask in zip(batch.segments, batch.masks(window)):
         qs = q[seg.q_slice].transpose(0, 1).unsqueeze(0)  # [1, H, q_len, D]
-        ks = _rows(k_cache, seg.kv_slots).to(q.dtype).transpose(0, 1).unsqueeze(0)  # [1, Hkv, ctx, D]
-        vs = _rows(v_cache, seg.kv_slots).to(q.dtype).transpose(0, 1).unsqueeze(0)
+        ks = cache.widen(_rows(k_cache, seg.kv_slots), q.dtype).transpose(0, 1).unsqueeze(0)  # [1, Hkv, ctx, D]
+        vs = cache.widen(_rows(v_cache, seg.kv_slots), q.dtype).transpose(0, 1).unsqueeze(0)
         causal = mask is None and seg.q_len > 1
         o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=True)
         out[seg.q_slice] = o.squeeze(0).transpose(0, 1)

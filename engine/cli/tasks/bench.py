@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from mistralrs.engine.cli.tasks.common import load_llm
+from mistralrs.engine.core.llm_engine import kv_bytes_per_token
 from mistralrs.engine.bench.peak_rss import peak_rss_mb, reset_peak_rss
 
 # Any text works; it only has to tokenize to enough tokens, the same way every run.
@@ -82,6 +83,8 @@ def run(cfg: DictConfig) -> dict:
         "architecture": llm.loaded.architecture,
         "quant": cfg.quant.type,
         "dtype": str(llm.loaded.dtype).removeprefix("torch."),
+        "kv_cache_dtype": str(llm.engine.kv_dtype).removeprefix("torch."),
+        "kv_bytes_per_token": kv_bytes_per_token(llm.loaded.model, llm.engine.kv_dtype, llm.engine.num_caches),
         "device": str(llm.loaded.device),
         "threads": torch.get_num_threads(),
         "prompt_tokens": len(prompt),
@@ -96,7 +99,8 @@ def run(cfg: DictConfig) -> dict:
         "machine": platform.machine(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    print(f"{row['model']} ({row['architecture']}, {row['dtype']}, {row['device']}, {row['threads']} threads): "
+    print(f"{row['model']} ({row['architecture']}, {row['dtype']}, KV {row['kv_cache_dtype']} "
+          f"{row['kv_bytes_per_token']} B/token, {row['device']}, {row['threads']} threads): "
           f"prompt {row['prefill_tok_s']} tok/s ({row['prompt_tokens']} tokens), "
           f"decode {row['decode_tok_s']} tok/s ({row['decode_tokens']} tokens), "
           f"load {row['load_s']} s, peak RSS {row['peak_rss_mb']} MB  [median of {row['repeats']}]")
