@@ -52,6 +52,7 @@ def both_paths(llm):
     ("llama", "none", ("model.dtype=float32",)),  # float32 weights: BLAS products inside the stack
     ("mistral", "q8_0", ("model.sliding_window=8",)),  # windows shorter than the prompts
     ("gemma", "q5_1", ()),  # GeGLU, (1 + w) norms, scaled embeddings
+    ("gemma2", "q4_k", ()),  # soft-capped attention and final logits, sandwich norms, alternating windows
     ("gemma3", "q8_0", ()),  # Q/K norms, sandwich norms, local/global layers with two RoPE tables
     ("qwen2", "q4_k", ()),  # biases on q/k/v
     ("qwen2", "none", ("model.dtype=float32",)),  # biases over float32 weights

@@ -38,7 +38,7 @@ def assert_matches(llm, ref: dict[str, np.ndarray], suffix: str = "") -> None:
     torch.testing.assert_close(logprobs, torch.from_numpy(ref[f"greedy_logprobs{suffix}"]), atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["mixtral", "gemma", "gemma3", "qwen2", "qwen3", "qwen3moe", "phi3"])
+@pytest.mark.parametrize("family", ["mixtral", "gemma", "gemma2", "gemma3", "qwen2", "qwen3", "qwen3moe", "phi3"])
 def test_gguf_matches_transformers(family):
     llm = load(family, TINY / f"{family}.gguf")
     assert llm.loaded.architecture == family

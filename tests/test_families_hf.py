@@ -1,4 +1,4 @@
-"""Mistral, Mixtral, Gemma, Gemma 3, Qwen2, Qwen3, Qwen3-MoE and Phi-3: tiny random HF models from safetensors match HF transformers
+"""Mistral, Mixtral, Gemma, Gemma 2, Gemma 3, Qwen2, Qwen3, Qwen3-MoE and Phi-3: tiny random HF models from safetensors match HF transformers
 in float32 — a 24-token batch of 2 through the full forward pass, and 8 greedy steps through the
 engine's paged KV cache (tokens and the chosen tokens' log-probabilities)."""
 
@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import mistralrs
-from tiny_models import TINY_MAKERS, engine_greedy as greedy, reference_greedy, reference_logits
+from tiny_models import TINY_MAKERS, assert_matches_transformers, engine_greedy as greedy, reference_greedy
 
 pytest.importorskip("transformers")
 
 ATOL = 1e-4
-FAMILIES = ["mistral", "mixtral", "gemma", "gemma3", "qwen2", "qwen3", "qwen3moe", "phi3"]
+FAMILIES = ["mistral", "mixtral", "gemma", "gemma2", "gemma3", "qwen2", "qwen3", "qwen3moe", "phi3"]
 IDS = [[1, *range(40, 63)], [1, *range(100, 123)]]  # 24 tokens each: longer than the windows (8)
 
 
@@ -34,13 +34,7 @@ def test_logits_and_greedy_decode_match_transformers(tiny):
     family, path, ref = tiny
     llm = load(family, path)
     assert llm.loaded.architecture == family
-    expected = reference_logits(ref, IDS)
-    for row, seq in enumerate(IDS):
-        torch.testing.assert_close(llm.logits(seq), expected[row], atol=ATOL, rtol=0)
-    want_tokens, want_logprobs = reference_greedy(ref, IDS, 8)
-    tokens, logprobs = greedy(llm, IDS)
-    assert tokens == want_tokens
-    torch.testing.assert_close(logprobs, want_logprobs, atol=ATOL, rtol=0)
+    assert_matches_transformers(llm, ref, IDS, atol=ATOL)
 
 
 def test_detected_from_config_json(tiny):

@@ -10,7 +10,7 @@ import pytest
 from cli_helpers import run_cli
 from conftest import GEMMA3_SHA256, GEMMA3_SOURCE
 
-FAMILIES = ("llama", "mistral", "mixtral", "gemma", "gemma3", "qwen2", "qwen3", "qwen3moe", "phi3")
+FAMILIES = ("llama", "mistral", "mixtral", "gemma", "gemma2", "gemma3", "qwen2", "qwen3", "qwen3moe", "phi3")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -34,7 +34,7 @@ def test_task_plugins_lists_the_families():
     lines = result.stdout.splitlines()
     for plugin in ("mistral", "mixtral", "gemma", "qwen", "phi3"):
         assert any(line.split()[:1] == [plugin] and line.rstrip().endswith("ok") for line in lines), result.stdout
-    for arch, gguf in [("mistral", "llama"), ("mixtral", "llama"), ("gemma", "gemma"), ("gemma3", "gemma3"),
+    for arch, gguf in [("mistral", "llama"), ("mixtral", "llama"), ("gemma", "gemma"), ("gemma2", "gemma2"), ("gemma3", "gemma3"),
                       ("qwen2", "qwen2"), ("qwen3", "qwen3"), ("qwen3moe", "qwen3moe"),
                       ("phi3", "phi3")]:
         assert any(line.split()[:1] == [arch] and f"gguf={gguf}" in line for line in lines), result.stdout
@@ -42,7 +42,7 @@ def test_task_plugins_lists_the_families():
 
 def test_registering_the_families_imports_no_model_code():
     code = ("import sys; from mistralrs.registry import registries; r = registries(); "
-            "assert {'mistral', 'mixtral', 'gemma', 'gemma3', 'qwen2', 'qwen3', 'qwen3moe', 'phi3'} <= set(r.architectures.names()); "
+            "assert {'mistral', 'mixtral', 'gemma', 'gemma2', 'gemma3', 'qwen2', 'qwen3', 'qwen3moe', 'phi3'} <= set(r.architectures.names()); "
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('mistralrs.plugins.') "
             "and m.count('.') > 2))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

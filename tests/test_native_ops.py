@@ -70,6 +70,43 @@ def test_decode_attention_matches_sdpa_over_paged_slots(window, lengths, heads):
                                atol=1e-5, rtol=1e-5)
 
 
+def soft_capped_reference(q, k_cache, v_cache, slots, lens, scale, window, cap):
+    """Gemma 2's eager attention as transformers writes it: scores * scale, cap * tanh(scores / cap), softmax."""
+    out = []
+    for b in range(q.shape[0]):
+        n = int(lens[b])
+        first = max(0, n - window) if window else 0
+        ks, vs = k_cache[slots[b, first:n]], v_cache[slots[b, first:n]]  # [m, Hkv, D]
+        rep = q.shape[1] // ks.shape[1]
+        ks, vs = ks.repeat_interleave(rep, dim=1), vs.repeat_interleave(rep, dim=1)
+        scores = torch.einsum("hd,mhd->hm", q[b], ks) * scale
+        probs = torch.softmax(torch.tanh(scores / cap) * cap, dim=-1)
+        out.append(torch.einsum("hm,mhd->hd", probs, vs))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("window", [0, 5])
+def test_decode_attention_soft_caps_scores(cache_dtype, window):
+    """Scores of several units against a cap of 2: the capped softmax, over lengths with vector tails
+    (13 = 8 + 5) and several chunks (300); large scores saturate without overflow."""
+    g = torch.Generator().manual_seed(7)
+    lengths, (hq, hkv), d = [13, 1, 300], (6, 2), 32
+    slots_total = 700
+    k_cache = (3 * torch.randn(slots_total, hkv, d, generator=g)).to(cache_dtype)
+    v_cache = torch.randn(slots_total, hkv, d, generator=g).to(cache_dtype)
+    lens = torch.tensor(lengths)
+    slots = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    for b, n in enumerate(lengths):
+        slots[b, :n] = torch.randperm(slots_total, generator=g)[:n]
+    q = 3 * torch.randn(len(lengths), hq, d, generator=g)
+    got = ops.decode_attention(q, k_cache, v_cache, slots, lens, 0.3, window, 2.0)
+    want = soft_capped_reference(q, k_cache.float(), v_cache.float(), slots, lens, 0.3, window, 2.0)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    uncapped = ops.decode_attention(q, k_cache, v_cache, slots, lens, 0.3, window)
+    assert (uncapped - want).abs().max() > 0.1  # the cap changes the result: the test can fail
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("d", [64, 36])  # vectorized rows, and rows with a scalar tail
 def test_decode_attention_over_16_bit_caches(dtype, d):

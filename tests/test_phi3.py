@@ -10,7 +10,7 @@ import torch
 
 import mistralrs
 from mistralrs.engine.formats.checkpoint import ModelFileError
-from tiny_models import engine_greedy, make_tiny_phi3, reference_greedy, reference_logits
+from tiny_models import assert_matches_transformers, make_tiny_phi3
 
 pytest.importorskip("transformers")
 
@@ -27,13 +27,7 @@ def test_phi3_mini_shape_plain_rope_full_rotary_untied(tmp_path):
     llm = load(tmp_path)
     cfg = llm.loaded.config
     assert (cfg.rope.scaling, cfg.rope.dim, cfg.tie_word_embeddings, cfg.sliding_window) == ("none", 16, False, 8)
-    expected = reference_logits(ref, IDS)
-    for row, seq in enumerate(IDS):
-        torch.testing.assert_close(llm.logits(seq), expected[row], atol=1e-4, rtol=0)
-    want_tokens, want_logprobs = reference_greedy(ref, IDS, 8)
-    tokens, logprobs = engine_greedy(llm, IDS)
-    assert tokens == want_tokens
-    torch.testing.assert_close(logprobs, want_logprobs, atol=1e-4, rtol=0)
+    assert_matches_transformers(llm, ref, IDS)
 
 
 @pytest.mark.parametrize("old_name", ["su", "yarn"])

@@ -20,8 +20,8 @@ import torch
 import mistralrs
 from mistralrs.engine.layers.rope import attention_scale, inverse_frequencies
 from mistralrs.engine.llama_base.config import ConfigError, config_from_hf, gguf_rope, hf_rope
-from tiny_models import (PHI3_LONG_FACTORS, engine_greedy, make_tiny_phi3, make_tiny_qwen2, reference_greedy,
-                         reference_logits, rewrite_gguf)
+from tiny_models import (PHI3_LONG_FACTORS, assert_matches_transformers, make_tiny_phi3,
+                         make_tiny_qwen2, reference_logits, rewrite_gguf)
 
 pytest.importorskip("transformers")
 
@@ -36,16 +36,6 @@ YARN_QWEN2 = {"rope_parameters": YARN, "max_position_embeddings": 64}  # 64 / 16
 def load(family: str, source: Path, *overrides: str):
     return mistralrs.load(f"model={family}", f"model.source={source}", "model.dtype=float32", "model.device=cpu",
                           *overrides)
-
-
-def assert_matches_transformers(llm, ref, ids: list[list[int]], steps: int) -> None:
-    expected = reference_logits(ref, ids)
-    for row, seq in enumerate(ids):
-        torch.testing.assert_close(llm.logits(seq), expected[row], atol=ATOL, rtol=0)
-    want_tokens, want_logprobs = reference_greedy(ref, ids, steps)
-    tokens, logprobs = engine_greedy(llm, ids, steps)
-    assert tokens == want_tokens
-    torch.testing.assert_close(logprobs, want_logprobs, atol=ATOL, rtol=0)
 
 
 # --- the tables against transformers' own functions ---------------------------------------------

@@ -55,7 +55,7 @@ def test_gemma3_concurrent_greedy_equals_float_reference(gemma3_gguf, tmp_path):
     assert "Traceback" not in server.stderr
 
 
-@pytest.mark.parametrize("family", ["mistral", "mixtral", "gemma", "qwen2", "qwen3", "qwen3moe", "phi3"])
+@pytest.mark.parametrize("family", ["mistral", "mixtral", "gemma", "gemma2", "qwen2", "qwen3", "qwen3moe", "phi3"])
 def test_tiny_family_concurrent_equals_alone(family, tmp_path):
     prompts = [[1 + (7 * i + 3 * j) % 90 for j in range(5 + 3 * i)] for i in range(8)]
     server = ServerProcess("task=serve", f"model={family}", f"model.source={TINY / f'{family}.gguf'}",

@@ -17,7 +17,7 @@ from xlora_layouts import check_against_reference, decode, prompts
 TINY = Path(__file__).parent / "data" / "tiny"
 
 
-@pytest.mark.parametrize("family", ["mistral", "mixtral", "gemma", "gemma3", "qwen2", "qwen3", "qwen3moe", "phi3"])
+@pytest.mark.parametrize("family", ["mistral", "mixtral", "gemma", "gemma2", "gemma3", "qwen2", "qwen3", "qwen3moe", "phi3"])
 def test_random_xlora_on_family(tmp_path, family):
     overrides = [f"model={family}", f"model.source={TINY / family}.gguf", "model.dtype=float32", "model.device=cpu",
                  "engine.block_size=4"]

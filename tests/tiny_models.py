@@ -31,13 +31,18 @@ def write_byte_tokenizer(path: Path, chat_template: str | None = None, vocab_siz
     (path / "tokenizer_config.json").write_text(json.dumps(config))
 
 
-def _make_tiny(path: Path, config_cls, model_cls, settings: dict, seed: int) -> "torch.nn.Module":
+def _make_tiny(path: Path, config_cls, model_cls, settings: dict, seed: int,
+               weight_scales: dict[str, float] | None = None) -> "torch.nn.Module":
+    """``weight_scales``: parameters whose name contains a key are multiplied by its value."""
     torch.manual_seed(seed)
     model = model_cls(config_cls(**settings, attn_implementation="eager")).eval()
     with torch.no_grad():  # random init leaves norms at 1 (Gemma: 0) and biases at 0; perturb them so a
         for name, p in model.named_parameters():  # missed norm or bias shows
             if "norm" in name or name.endswith(".bias"):
                 p.add_(torch.randn_like(p) * 0.1)
+            for key, factor in (weight_scales or {}).items():
+                if key in name:
+                    p.mul_(factor)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True)
     write_byte_tokenizer(path)
@@ -106,6 +111,25 @@ def make_tiny_gemma3(path: Path, seed: int = 4, **overrides) -> "torch.nn.Module
     return _make_tiny(path, Gemma3TextConfig, Gemma3ForCausalLM, settings, seed)
 
 
+def make_tiny_gemma2(path: Path, seed: int = 9, **overrides) -> "torch.nn.Module":
+    """4 layers alternating local (window 8) and global, starting local; head_dim 32 != hidden / heads,
+    queries scaled by 1/sqrt(24); q/k weights 6x the rest, so attention scores reach several units
+    and their soft cap at 2.0 shows, and final logits capped at 1.0 (they reach about 0.6)."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    settings = dict(
+        vocab_size=BYTE_VOCAB, hidden_size=64, intermediate_size=64, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=256,
+        rms_norm_eps=1e-6, sliding_window=8, query_pre_attn_scalar=24, attn_logit_softcapping=2.0,
+        final_logit_softcapping=1.0, hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 10_000.0},
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    settings.update(overrides)
+    return _make_tiny(path, Gemma2Config, Gemma2ForCausalLM, settings, seed,
+                      weight_scales={"q_proj": 6.0, "k_proj": 6.0})
+
+
 def make_tiny_qwen2(path: Path, seed: int = 5, **overrides) -> "torch.nn.Module":
     """Biases on q/k/v (perturbed by _make_tiny so they show), none on o; tied embeddings."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -161,6 +185,7 @@ TINY_MAKERS = {
     "mistral": make_tiny_mistral,
     "mixtral": make_tiny_mixtral,
     "gemma": make_tiny_gemma,
+    "gemma2": make_tiny_gemma2,
     "gemma3": make_tiny_gemma3,
     "qwen2": make_tiny_qwen2,
     "qwen3": make_tiny_qwen3,
@@ -193,6 +218,18 @@ def engine_greedy(llm, prompts: list[list[int]], steps: int = 8) -> tuple[list[l
         tokens[i].append(e.token)
         logprobs[i].append(e.logprob.logprob)
     return tokens, torch.tensor(logprobs)
+
+
+def assert_matches_transformers(llm, ref, ids: list[list[int]], steps: int = 8, atol: float = 1e-4) -> None:
+    """``llm`` (float32) against the transformers model ``ref``: full-forward logits of each prompt, and
+    greedy decoding through the engine (tokens and their log-probabilities)."""
+    expected = reference_logits(ref, ids)
+    for row, seq in enumerate(ids):
+        torch.testing.assert_close(llm.logits(seq), expected[row], atol=atol, rtol=0)
+    want_tokens, want_logprobs = reference_greedy(ref, ids, steps)
+    tokens, logprobs = engine_greedy(llm, ids, steps)
+    assert tokens == want_tokens
+    torch.testing.assert_close(logprobs, want_logprobs, atol=atol, rtol=0)
 
 
 def rewrite_gguf(src: Path, dst: Path, tensors, metadata: dict | None = None) -> None:

@@ -215,13 +215,40 @@ float exp_sub_sum(float* x, int64_t n, float m) {
   return total;
 }
 
+// Gemma 2's attention logit soft-capping: x <- cap * tanh(x / cap), tanh(y) = 1 - 2 / (exp(2y) + 1)
+// (y clamped to +-15, where float32 tanh is already +-1, so exp stays finite)
+void soft_cap(float* x, int64_t n, float cap) {
+  const float inv = 1.f / cap;
+  int64_t j = 0;
+#ifdef MRS_AVX2
+  const __m256 iv = _mm256_set1_ps(2.f * inv), cv = _mm256_set1_ps(cap), one = _mm256_set1_ps(1.f),
+               two = _mm256_set1_ps(2.f), lo = _mm256_set1_ps(-30.f), hi = _mm256_set1_ps(30.f);
+  for (; j + 8 <= n; j += 8) {
+    const __m256 y2 = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_mul_ps(_mm256_loadu_ps(x + j), iv)));
+    const __m256 t = _mm256_sub_ps(one, _mm256_div_ps(two, _mm256_add_ps(exp_ps(y2), one)));
+    _mm256_storeu_ps(x + j, _mm256_mul_ps(cv, t));
+  }
+#endif
+  for (; j < n; ++j) x[j] = cap * std::tanh(x[j] * inv);
+}
+
+// Per head of a group: the scores' max m and sum of exp(score - m) l, the scores soft-capped first
+// when `softcap` > 0.
+void softmax_stats(float* scores, int64_t rep, int64_t n, float softcap, float* m, float* l) {
+  for (int64_t h = 0; h < rep; ++h) {
+    if (softcap > 0.f) soft_cap(scores + h * n, n, softcap);
+    m[h] = max_of(scores + h * n, n);
+    l[h] = exp_sub_sum(scores + h * n, n, m[h]);
+  }
+}
+
 // One GQA group's `rep` query heads against positions [p0, p1) of one sequence: each key and value
 // row is read once for all of the group's heads. Leaves per head the chunk's max score m, the sum
 // of exp(score - m) l, and the unnormalized output o = sum_j exp(score_j - m) v_j.
 template <typename T>
 void group_chunk(const float* q, int64_t q_head_stride, int64_t rep, const T* keys, const T* values,
                  const int64_t* s, int64_t krow, int64_t vrow, int64_t p0, int64_t p1, int64_t D, int64_t Dv, float scale,
-                 float* scores, float* m, float* l, float* o) {
+                 float softcap, float* scores, float* m, float* l, float* o) {
   const int64_t n = p1 - p0;
   std::fill(o, o + rep * Dv, 0.f);
   if (n <= 0) {
@@ -233,10 +260,7 @@ void group_chunk(const float* q, int64_t q_head_stride, int64_t rep, const T* ke
   for (int64_t b0 = 0; b0 < n; b0 += 64)
     for (int64_t h = 0; h < rep; ++h)
       key_scores(q + h * q_head_stride, keys, s + p0 + b0, krow, std::min<int64_t>(64, n - b0), D, scale, scores + h * n + b0);
-  for (int64_t h = 0; h < rep; ++h) {
-    m[h] = max_of(scores + h * n, n);
-    l[h] = exp_sub_sum(scores + h * n, n, m[h]);
-  }
+  softmax_stats(scores, rep, n, softcap, m, l);
   for (int64_t b0 = 0; b0 < n; b0 += 64)
     for (int64_t h = 0; h < rep; ++h)
       weighted_values(scores + h * n + b0, values, s + p0 + b0, vrow, std::min<int64_t>(64, n - b0), Dv, o + h * Dv);
@@ -249,7 +273,7 @@ void group_chunk(const float* q, int64_t q_head_stride, int64_t rep, const T* ke
 // head took 1.1-1.2x the shared tile's time; the tile path takes 1.05-1.15x the float16 kernel's.
 void group_chunk(const float* q, int64_t q_head_stride, int64_t rep, const Q8* keys, const Q8* values,
                  const int64_t* s, int64_t krow, int64_t vrow, int64_t p0, int64_t p1, int64_t D, int64_t Dv, float scale,
-                 float* scores, float* m, float* l, float* o) {
+                 float softcap, float* scores, float* m, float* l, float* o) {
   const int64_t n = p1 - p0;
   std::fill(o, o + rep * Dv, 0.f);
   if (n <= 0) {
@@ -271,10 +295,7 @@ void group_chunk(const float* q, int64_t q_head_stride, int64_t rep, const Q8* k
     for (int64_t h = 0; h < rep; ++h)
       key_scores(q + h * q_head_stride, tile.data(), rows.data(), D, nb, D, scale, scores + h * n + b0);
   }
-  for (int64_t h = 0; h < rep; ++h) {
-    m[h] = max_of(scores + h * n, n);
-    l[h] = exp_sub_sum(scores + h * n, n, m[h]);
-  }
+  softmax_stats(scores, rep, n, softcap, m, l);
   for (int64_t b0 = 0; b0 < n; b0 += run) {
     const int64_t nb = std::min<int64_t>(run, n - b0);
     widen_rows(values, s + p0 + b0, vrow, nb, Dv, tile.data());
@@ -288,11 +309,12 @@ void group_chunk(const float* q, int64_t q_head_stride, int64_t rep, const Q8* k
 // q: float32 [B, Hq, D] (rows may be strided); caches: float32, float16 or bfloat16 [S, Hkv, D], or
 // q8_0 blocks (uint8 [S, Hkv, D / 32 * 34]), contiguous;
 // slots: int64 [B, L] cache slots of positions 0..lens[b]-1 (padding beyond); window: attend to the
-// last `window` positions only (0 = all). Returns [B, Hq, Dv].
+// last `window` positions only (0 = all); softcap > 0: scores -> softcap * tanh(scores / softcap) before
+// the softmax (Gemma 2). Returns [B, Hq, Dv].
 // Tasks are (sequence, KV head, chunk of positions), so both threads stay busy however few KV heads
 // a model has; the chunks' partial softmax sums are merged per head at the end (flash-decoding).
 torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots,
-                               torch::Tensor lens, double scale, int64_t window) {
+                               torch::Tensor lens, double scale, int64_t window, double softcap) {
   TORCH_CHECK(q.dim() == 3 && q.scalar_type() == torch::kFloat32 && q.stride(2) == 1, "decode_attention: q [B, H, D] float32");
   TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous() && k_cache.scalar_type() == v_cache.scalar_type() &&
               (k_cache.scalar_type() == torch::kFloat32 || k_cache.scalar_type() == torch::kHalf ||
@@ -334,7 +356,7 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Te
         const int64_t p0 = first + std::min(n, c * step), p1 = first + std::min(n, (c + 1) * step);
         float* ml = part_ml.data() + task * 2 * rep;
         group_chunk(qp + b * qs0 + g * rep * qs1, qs1, rep, kp + g * kh, vp + g * vh, sp + b * L, krow, vrow, p0, p1, D,
-                    Dv, float(scale), scores.data(), ml, ml + rep, part_o.data() + task * rep * Dv);
+                    Dv, float(scale), float(softcap), scores.data(), ml, ml + rep, part_o.data() + task * rep * Dv);
       }
     });
   };
@@ -417,7 +439,7 @@ void kv_write(torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots,
 }
 
 TORCH_LIBRARY_FRAGMENT(mistralrs_kernels, m) {
-  m.def("decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor slots, Tensor lens, float scale, int window) -> Tensor");
+  m.def("decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor slots, Tensor lens, float scale, int window, float softcap=0.0) -> Tensor");
   m.def("kv_write(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots, Tensor k, Tensor v) -> ()");
 }
 

@@ -63,7 +63,7 @@ struct Layer {
   c10::optional<torch::Tensor> q_norm, k_norm, post_attn_norm, post_ffn_norm;
   Projection qkv, o, gate_up, down;
   int64_t heads, kv_heads, head_dim, window, rope, gelu;
-  double scale;
+  double scale, softcap;  // softcap > 0: attention logits soft-capped (Gemma 2)
   c10::optional<Experts> experts;
 };
 
@@ -121,7 +121,7 @@ struct DecodeStack : torch::CustomClassHolder {
                  std::vector<int64_t> qkv_rows, torch::Tensor o, int64_t o_type, int64_t o_rows,
                  std::vector<torch::Tensor> gate_up, std::vector<int64_t> gate_up_types, std::vector<int64_t> gate_up_rows,
                  torch::Tensor down, int64_t down_type, int64_t down_rows, int64_t heads, int64_t kv_heads, int64_t head_dim,
-                 double scale, int64_t window, int64_t rope, int64_t gelu) {
+                 double scale, int64_t window, int64_t rope, int64_t gelu, double softcap) {
     // a mixture-of-experts layer gives no gate/up (set_experts and add_expert follow)
     TORCH_CHECK(qkv.size() == 3 && (gate_up.size() == 2 || gate_up.empty()),
                 "DecodeStack: q/k/v and gate/up projections expected");
@@ -129,7 +129,7 @@ struct DecodeStack : torch::CustomClassHolder {
                            Projection{qkv, qkv_types, qkv_rows, {}}, Projection{{o}, {o_type}, {o_rows}, {}},
                            Projection{gate_up, gate_up_types, gate_up_rows, {}},
                            Projection{{down}, {down_type}, {down_rows}, {}},
-                           heads, kv_heads, head_dim, window, rope, gelu, scale});
+                           heads, kv_heads, head_dim, window, rope, gelu, scale, softcap});
   }
 
   // A low-rank term on projection `which` (0 q/k/v, 1 o, 2 gate/up, 3 down) of the last layer added
@@ -198,7 +198,7 @@ struct DecodeStack : torch::CustomClassHolder {
       rope_(k, cos[L.rope], sin[L.rope]);
       const torch::Tensor kc = k_cache.select(0, int64_t(i)), vc = v_cache.select(0, int64_t(i));
       kv_write(kc, vc, slot_mapping, k, v);
-      const torch::Tensor attn = decode_attention(q, kc, vc, slots, lens, L.scale, L.window);
+      const torch::Tensor attn = decode_attention(q, kc, vc, slots, lens, L.scale, L.window, L.softcap);
       torch::Tensor out = L.o(attn.view({T, q_width}), column_scales);
       if (L.post_attn_norm) out = rms_norm(out, *L.post_attn_norm, eps);
       x.add_(out);

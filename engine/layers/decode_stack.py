@@ -51,6 +51,7 @@ class DecodeLayerSpec:
     post_attn_norm: RMSNorm | None = None
     post_ffn_norm: RMSNorm | None = None
     moe: "SparseMoE | None" = None  # a sparse mixture in place of gate_up/down (which are then None)
+    softcap: float | None = None  # attention logits -> softcap * tanh(logits / softcap) (Gemma 2)
 
 
 DENSE = -1  # decode_stack.cpp's type code for a float32 weight
@@ -149,7 +150,7 @@ class DecodeStack:
             opt = [n.scale() if n is not None else None for n in (s.q_norm, s.k_norm, s.post_attn_norm, s.post_ffn_norm)]
             stack.add_layer(s.attn_norm.scale(), s.ffn_norm.scale(), *opt, qkv, qkv_t, qkv_n, o[0], o_t[0], o_n[0],
                             gu, gu_t, gu_n, down[0], down_t[0], down_n[0], s.heads, s.kv_heads, s.head_dim,
-                            float(s.scale), s.window or 0, s.rope, ACTIVATIONS[s.activation])
+                            float(s.scale), s.window or 0, s.rope, ACTIVATIONS[s.activation], float(s.softcap or 0.0))
             if experts is not None:
                 (router, router_t, router_n), expert_parts = experts
                 stack.set_experts(router, router_t, router_n, s.moe.top_k, s.moe.normalize_top_k)

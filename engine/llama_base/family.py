@@ -47,11 +47,9 @@ class LlamaFamily:
     gguf_unpermute_rope = True  # llama.cpp's converter permutes Q/K rows of llama-arch models
 
     # --- what a subclass overrides ------------------------------------------------------------
-    def config_from_gguf(self, meta: dict[str, Any], arch: str) -> LlamaConfig:
-        return config_from_gguf(meta, arch)
-
-    def config_from_hf(self, cfg: dict[str, Any]) -> LlamaConfig:
-        return config_from_hf(cfg)
+    # the config parsers: (GGUF metadata, architecture name) -> config, and config.json's dict -> config
+    config_from_gguf = staticmethod(config_from_gguf)
+    config_from_hf = staticmethod(config_from_hf)
 
     # --- the loader's interface ----------------------------------------------------------------
     def config(self, ckpt: Any) -> LlamaConfig:

@@ -1,7 +1,7 @@
 """The Llama architecture: pre-norm decoder blocks of GQA attention with RoPE and a SwiGLU MLP.
 
 The Llama-shaped families (Mistral, Mixtral, Gemma, Gemma 3) subclass these classes and override
-only what differs: ``LlamaAttention.qkv`` (e.g. Q/K norms), ``window`` / ``scale``,
+only what differs: ``LlamaAttention.qkv`` (e.g. Q/K norms), ``window`` / ``scale`` / ``softcap``,
 ``LlamaDecoderLayer.make_mlp`` (e.g. a mixture of experts), ``LlamaForCausalLM.decoder_layer``,
 ``embed`` and ``logits``.
 """
@@ -39,6 +39,7 @@ class LlamaAttention(nn.Module):
         self.qkv_proj = LinearGroup(self, "q_proj", "k_proj", "v_proj")
         self.window: int | None = None  # sliding-window layers attend to this many positions (self included)
         self.scale: float | None = None  # query scaling; None is 1/sqrt(head_dim)
+        self.softcap: float | None = None  # attention logit soft-capping (Gemma 2)
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-head queries, keys and values [T, heads, head_dim] before RoPE."""
@@ -52,7 +53,8 @@ class LlamaAttention(nn.Module):
     def forward(self, x, rope: Rope, cache: KVCache, batch: AttentionBatch):
         q, k, v = self.qkv(x)
         q, k = apply_rope_(q, *rope), apply_rope_(k, *rope)  # fresh projections: rotate in place
-        o = cached_attention(q, k, v, cache, self.layer, batch, scale=self.scale, window=self.window)
+        o = cached_attention(q, k, v, cache, self.layer, batch, scale=self.scale, window=self.window,
+                             softcap=self.softcap)
         return self.o_proj(o.reshape(x.shape[0], -1))
 
 
@@ -94,7 +96,7 @@ class LlamaDecoderLayer(nn.Module):
             ffn = dict(gate_up=mlp.gate_up, down=mlp.down_proj, activation=mlp.activation)
         return DecodeLayerSpec(qkv=attn.qkv_proj, o=attn.o_proj, heads=attn.num_heads, kv_heads=attn.num_kv_heads,
                                head_dim=attn.head_dim, scale=attn.scale if attn.scale is not None else attn.head_dim ** -0.5,
-                               window=attn.window, rope=self.rope_index, **ffn, **norms)
+                               window=attn.window, softcap=attn.softcap, rope=self.rope_index, **ffn, **norms)
 
 
 class LlamaModel(nn.Module):

@@ -1,4 +1,4 @@
-"""The Gemma family plugin: Gemma (1) and Gemma 3 (text), both Llama-shaped.
+"""The Gemma family plugin: Gemma (1), Gemma 2 and Gemma 3 (text), all Llama-shaped.
 
 Importing this module is cheap: families are named by lazy paths, torch is not imported.
 """
@@ -24,6 +24,13 @@ def register_architectures(register):
         description="Gemma: Llama with GeGLU, (1 + w) RMSNorm, sqrt(hidden)-scaled embeddings",
     ))
     register(ArchitectureSpec(
+        name="gemma2",
+        family="mistralrs.plugins.gemma.family:gemma2",
+        gguf_architectures=("gemma2",),
+        hf_architectures=("Gemma2ForCausalLM",),
+        description="Gemma 2: Gemma with soft-capped attention and final logits, sandwich norms, alternating local/global attention",
+    ))
+    register(ArchitectureSpec(
         name="gemma3",
         family="mistralrs.plugins.gemma.family:gemma3",
         gguf_architectures=("gemma3",),
@@ -35,6 +42,7 @@ def register_architectures(register):
 @hookimpl
 def register_configs(config_store):
     config_store.store(group="model", name="gemma", node=ModelConfig(name="gemma", architecture="gemma"))
+    config_store.store(group="model", name="gemma2", node=ModelConfig(name="gemma2", architecture="gemma2"))
     config_store.store(group="model", name="gemma3", node=ModelConfig(
         name="gemma3", architecture="gemma3", source=GEMMA3_SOURCE, sha256=GEMMA3_SHA256,
     ))

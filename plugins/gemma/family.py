@@ -1,4 +1,4 @@
-"""The Gemma and Gemma 3 families: Llama's loading with Gemma's configs, modules and names."""
+"""The Gemma, Gemma 2 and Gemma 3 families: Llama's loading with Gemma's configs, modules and names."""
 
 from __future__ import annotations
 
@@ -8,15 +8,18 @@ from mistralrs.engine.llama_base.family import LlamaFamily
 
 from mistralrs.plugins.gemma.chat_template import GEMMA_CHAT_TEMPLATE
 from mistralrs.plugins.gemma.config import (
+    Gemma2Config,
     Gemma3Config,
     GemmaConfig,
+    gemma2_config_from_gguf,
+    gemma2_config_from_hf,
     gemma3_config_from_gguf,
     gemma3_config_from_hf,
     gemma_config_from_gguf,
     gemma_config_from_hf,
 )
-from mistralrs.plugins.gemma.model import Gemma3ForCausalLM, GemmaForCausalLM
-from mistralrs.plugins.gemma.weights import GGUF_GEMMA3_BLOCK_NAMES, GGUF_GEMMA_BLOCK_NAMES
+from mistralrs.plugins.gemma.model import Gemma2ForCausalLM, Gemma3ForCausalLM, GemmaForCausalLM
+from mistralrs.plugins.gemma.weights import GGUF_GEMMA2_BLOCK_NAMES, GGUF_GEMMA3_BLOCK_NAMES, GGUF_GEMMA_BLOCK_NAMES
 
 
 class GemmaFamily(LlamaFamily):
@@ -34,11 +37,18 @@ class GemmaFamily(LlamaFamily):
             ckpt.metadata.setdefault("tokenizer.chat_template", self.default_chat_template)
         return cfg
 
-    def config_from_gguf(self, meta: dict[str, Any], arch: str) -> GemmaConfig:
-        return gemma_config_from_gguf(meta, arch)
+    config_from_gguf = staticmethod(gemma_config_from_gguf)
+    config_from_hf = staticmethod(gemma_config_from_hf)
 
-    def config_from_hf(self, cfg: dict[str, Any]) -> GemmaConfig:
-        return gemma_config_from_hf(cfg)
+
+class Gemma2Family(GemmaFamily):
+    name = "gemma2"
+    config_class = Gemma2Config
+    model_class = Gemma2ForCausalLM
+    gguf_block_names = GGUF_GEMMA2_BLOCK_NAMES
+
+    config_from_gguf = staticmethod(gemma2_config_from_gguf)
+    config_from_hf = staticmethod(gemma2_config_from_hf)
 
 
 class Gemma3Family(GemmaFamily):
@@ -47,12 +57,10 @@ class Gemma3Family(GemmaFamily):
     model_class = Gemma3ForCausalLM
     gguf_block_names = GGUF_GEMMA3_BLOCK_NAMES
 
-    def config_from_gguf(self, meta: dict[str, Any], arch: str) -> Gemma3Config:
-        return gemma3_config_from_gguf(meta, arch)
-
-    def config_from_hf(self, cfg: dict[str, Any]) -> Gemma3Config:
-        return gemma3_config_from_hf(cfg)
+    config_from_gguf = staticmethod(gemma3_config_from_gguf)
+    config_from_hf = staticmethod(gemma3_config_from_hf)
 
 
 gemma = GemmaFamily()
+gemma2 = Gemma2Family()
 gemma3 = Gemma3Family()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from mistralrs.engine.llama_base.family import LlamaFamily
 
 from mistralrs.plugins.mistral.config import MistralConfig, mistral_config_from_gguf, mistral_config_from_hf
@@ -15,11 +13,8 @@ class MistralFamily(LlamaFamily):
     config_class = MistralConfig
     model_class = MistralForCausalLM
 
-    def config_from_gguf(self, meta: dict[str, Any], arch: str) -> MistralConfig:
-        return mistral_config_from_gguf(meta, arch)
-
-    def config_from_hf(self, cfg: dict[str, Any]) -> MistralConfig:
-        return mistral_config_from_hf(cfg)
+    config_from_gguf = staticmethod(mistral_config_from_gguf)
+    config_from_hf = staticmethod(mistral_config_from_hf)
 
 
 family = MistralFamily()

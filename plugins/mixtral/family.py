@@ -18,11 +18,8 @@ class MixtralFamily(MistralFamily):
     config_class = MixtralConfig
     model_class = MixtralForCausalLM
 
-    def config_from_gguf(self, meta: dict[str, Any], arch: str) -> MixtralConfig:
-        return mixtral_config_from_gguf(meta, arch)
-
-    def config_from_hf(self, cfg: dict[str, Any]) -> MixtralConfig:
-        return mixtral_config_from_hf(cfg)
+    config_from_gguf = staticmethod(mixtral_config_from_gguf)
+    config_from_hf = staticmethod(mixtral_config_from_hf)
 
     def shape_rules(self, cfg: MixtralConfig, arch: str | None) -> list[ShapeRule]:
         """Llama's, and the router's and experts' of the first block: the router must be there, as the

@@ -19,11 +19,8 @@ class Phi3Family(LlamaFamily):
     gguf_block_names = GGUF_PHI3_BLOCK_NAMES
     gguf_unpermute_rope = False  # llama.cpp runs Phi-3 with NEOX RoPE
 
-    def config_from_gguf(self, meta: dict[str, Any], arch: str) -> Phi3Config:
-        return phi3_config_from_gguf(meta, arch)
-
-    def config_from_hf(self, cfg: dict[str, Any]) -> Phi3Config:
-        return phi3_config_from_hf(cfg)
+    config_from_gguf = staticmethod(phi3_config_from_gguf)
+    config_from_hf = staticmethod(phi3_config_from_hf)
 
     def shape_rules(self, cfg: Phi3Config, arch: str | None) -> list[ShapeRule]:
         """Llama's, with the fused q/k/v and gate/up weights in place of the up projection's."""

@@ -31,11 +31,8 @@ class Qwen2Family(LlamaFamily):
     gguf_block_names = GGUF_QWEN2_BLOCK_NAMES
     gguf_unpermute_rope = False
 
-    def config_from_gguf(self, meta: dict[str, Any], arch: str) -> Qwen2Config:
-        return qwen2_config_from_gguf(meta, arch)
-
-    def config_from_hf(self, cfg: dict[str, Any]) -> Qwen2Config:
-        return qwen2_config_from_hf(cfg)
+    config_from_gguf = staticmethod(qwen2_config_from_gguf)
+    config_from_hf = staticmethod(qwen2_config_from_hf)
 
 
 class Qwen3Family(LlamaFamily):
@@ -45,11 +42,8 @@ class Qwen3Family(LlamaFamily):
     gguf_block_names = GGUF_QWEN3_BLOCK_NAMES
     gguf_unpermute_rope = False
 
-    def config_from_gguf(self, meta: dict[str, Any], arch: str) -> Qwen3Config:
-        return qwen3_config_from_gguf(meta, arch)
-
-    def config_from_hf(self, cfg: dict[str, Any]) -> Qwen3Config:
-        return qwen3_config_from_hf(cfg)
+    config_from_gguf = staticmethod(qwen3_config_from_gguf)
+    config_from_hf = staticmethod(qwen3_config_from_hf)
 
 
 class Qwen3MoeFamily(Qwen3Family):
@@ -58,11 +52,8 @@ class Qwen3MoeFamily(Qwen3Family):
     model_class = Qwen3MoeForCausalLM
     gguf_block_names = GGUF_QWEN3MOE_BLOCK_NAMES
 
-    def config_from_gguf(self, meta: dict[str, Any], arch: str) -> Qwen3MoeConfig:
-        return qwen3moe_config_from_gguf(meta, arch)
-
-    def config_from_hf(self, cfg: dict[str, Any]) -> Qwen3MoeConfig:
-        return qwen3moe_config_from_hf(cfg)
+    config_from_gguf = staticmethod(qwen3moe_config_from_gguf)
+    config_from_hf = staticmethod(qwen3moe_config_from_hf)
 
     def shape_rules(self, cfg: Qwen3MoeConfig, arch: str | None) -> list[ShapeRule]:
         """Llama's (their MLP rule only where layer 0 is dense), and the first sparse layer's router
