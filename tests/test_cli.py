@@ -110,7 +110,7 @@ def test_version_and_help(tmp_path):
     for task in ("serve", "chat", "generate", "bench", "report", "plugins"):
         assert f"\n  {task} " in help_text, task
     assert "mistralrs model=llama quant=q4_k serve.port=1234" in help_text  # the README's examples
-    assert "model: gemma, gemma3, llama" in help_text  # groups and their options
+    assert "model: gemma, gemma2, gemma3, llama" in help_text  # groups and their options
     assert "kv_cache_dtype: auto" in help_text and "max_tokens: 256" in help_text  # settings with defaults
     assert "Hydra" not in help_text.splitlines()[0]
 
