@@ -122,9 +122,10 @@ def test_the_headline_command_serves_a_chat(smollm2_gguf, tmp_path):
     SmolLM2, whose Q4_1 file is requantized to Q4_K at load, with a warning saying so."""
     proc = ServerProcess("model=llama", "quant=q4_k", cwd=tmp_path)
     try:
+        # max_tokens bounds the time on a loaded machine (the full 256-token default took >120 s there)
         r = proc.client().chat.completions.create(
-            model="llama", messages=[{"role": "user", "content": "What is the capital of France?"}])
-        assert r.choices[0].message.content.strip() and 0 < r.usage.completion_tokens <= 256
+            model="llama", messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=48)
+        assert r.choices[0].message.content.strip() and 0 < r.usage.completion_tokens <= 48
     finally:
         assert proc.stop(signal.SIGTERM) == 0, proc.stderr
     assert "requantizing from the dequantized weights" in proc.stderr
