@@ -136,6 +136,26 @@ def test_repacked_rows_that_fill_no_whole_block(qtype):
 
 
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q8_0", "Q4_K", "Q6_K"])
+def test_large_mapped_weight_repacks_in_parts_releasing_each(qtype, monkeypatch):
+    """A mapped tensor larger than REPACK_PART_BYTES is repacked run by run straight into place (the
+    same bytes as in one go), each run's file bytes released once copied, all of them in the end."""
+    import mistralrs.engine.quant.weights as weights
+
+    if native_ops() is None:
+        pytest.skip("no C++ toolchain here")
+    rows, cols = 101, 256  # not a multiple of 16 rows: the last run is a partial block
+    blocks = random_blocks(qtype, rows, cols, seed=3)
+    released: list[tuple[int, int]] = []
+    monkeypatch.setattr(weights, "REPACK_PART_BYTES", blocks.numel() // 5)
+    parts = RepackedWeight(RawTensor("w", qtype, (rows, cols), blocks, release=lambda a, b: released.append((a, b))),
+                           native_ops())
+    whole = RepackedWeight(RawTensor("w", qtype, (rows, cols), blocks), native_ops())
+    assert torch.equal(parts.packed, whole.packed)
+    assert len(released) > 2 and released[0][0] == 0 and released[-1][1] == blocks.numel()
+    assert all(a[1] == b[0] for a, b in zip(released, released[1:]))  # contiguous runs, each released once
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q8_0", "Q4_K", "Q6_K"])
 def test_extreme_blocks_multiply_exactly_enough(qtype):
     """All-zero weights, the largest codes, and activations with one huge entry per group."""
     if native_ops() is None:

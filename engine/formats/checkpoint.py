@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -20,6 +21,9 @@ class RawTensor:
     qtype: str  # GGML type name: F32, F16, BF16, Q4_K, ...
     shape: tuple[int, ...]  # element shape, torch order (last dim contiguous)
     data: torch.Tensor
+    # memory-mapped data: release(start, end) drops the pages of data's bytes [start, end) from the
+    # process once they have been copied (a reader converting a large tensor in parts calls it per part)
+    release: Callable[[int, int], None] | None = None
 
     @property
     def is_float(self) -> bool:

@@ -52,7 +52,8 @@ class GGUFLayoutCheckpoint:
             data = data.view(_TYPED[e.qtype]).reshape(e.shape)
         with warnings.catch_warnings():  # the map is read-only and nothing writes to these views
             warnings.simplefilter("ignore", UserWarning)
-            return RawTensor(name, e.qtype, e.shape, torch.from_numpy(data))
+            return RawTensor(name, e.qtype, e.shape, torch.from_numpy(data),
+                             release=lambda start, end: self._drop_pages(e.offset + start, e.offset + end))
 
     def tensors(self) -> Iterator[RawTensor]:
         for name in self._entries:
@@ -75,12 +76,18 @@ class GGUFLayoutCheckpoint:
             return
         for name in names:
             e = self._entries.get(name)
-            if e is None:
-                continue
-            start = -(-e.offset // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the tensor only
-            end = (e.offset + e.n_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
-            if end > start:
-                self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
+            if e is not None:
+                self._drop_pages(e.offset, e.offset + e.n_bytes)
+
+    def _drop_pages(self, start: int, end: int) -> None:
+        """Drop the whole pages inside the file's bytes [start, end) (a page shared with a neighbour
+        stays: the neighbour may not be copied yet)."""
+        if not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
+        last = end // mmap.PAGESIZE * mmap.PAGESIZE
+        if last > first:
+            self._map.madvise(mmap.MADV_DONTNEED, first, last - first)
 
     def tokenizer(self) -> Any:
         """The file's tokenizer, built once. The vocabulary arrays then leave the metadata: the tokenizer

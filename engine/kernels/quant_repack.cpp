@@ -46,13 +46,13 @@ void put_codes(const Layout& L, uint8_t* group, int lane, const uint8_t* c) {
   }
 }
 
-}  // namespace
-
-// raw: the GGUF blocks of an [N, K] weight. Returns the packed layout (uint8).
-torch::Tensor quant_repack(torch::Tensor raw, int64_t qtype, int64_t n, int64_t k) {
+// raw: the GGUF blocks of an [N, K] weight; out: packed_bytes(N, K) zero bytes, which receive the
+// packed layout (16-row blocks, each independent of the others).
+void repack_into(const torch::Tensor& raw, int64_t qtype, int64_t n, int64_t k, torch::Tensor& out) {
   const Layout L = layout(qtype);
   check_raw(raw, L, n, k);
-  auto out = torch::zeros({packed_bytes(L, n, k)}, torch::kUInt8);
+  TORCH_CHECK(out.scalar_type() == torch::kUInt8 && out.is_contiguous() && out.numel() == packed_bytes(L, n, k),
+              "quant_repack_into: out must be ", packed_bytes(L, n, k), " contiguous uint8 bytes");
   const uint8_t* src = raw.data_ptr<uint8_t>();
   uint8_t* dst = out.data_ptr<uint8_t>();
   const int64_t row_bytes = k / L.block * L.block_bytes, groups = k / kGroup, per_block = L.block / kGroup;
@@ -77,7 +77,21 @@ torch::Tensor quant_repack(torch::Tensor raw, int64_t qtype, int64_t n, int64_t 
       }
     }
   });
+}
+
+}  // namespace
+
+torch::Tensor quant_repack(torch::Tensor raw, int64_t qtype, int64_t n, int64_t k) {
+  auto out = torch::zeros({packed_bytes(layout(qtype), n, k)}, torch::kUInt8);
+  repack_into(raw, qtype, n, k, out);
   return out;
+}
+
+// The rows of `raw` repacked into `out`, a slice of a larger packed weight (a large weight is
+// repacked in runs of whole 16-row blocks, its file's pages dropped after each run). Zeroes out first.
+void quant_repack_into(torch::Tensor raw, int64_t qtype, int64_t n, int64_t k, torch::Tensor out) {
+  out.zero_();
+  repack_into(raw, qtype, n, k, out);
 }
 
 // Rows `ids` as float32 [len(ids), K] (embedding lookups).
@@ -103,10 +117,12 @@ torch::Tensor quant_rows(torch::Tensor w, int64_t qtype, int64_t n, int64_t k, t
 
 TORCH_LIBRARY_FRAGMENT(mistralrs_kernels, m) {
   m.def("quant_repack(Tensor raw, int qtype, int N, int K) -> Tensor");
+  m.def("quant_repack_into(Tensor raw, int qtype, int N, int K, Tensor(a!) out) -> ()");
   m.def("quant_rows(Tensor w, int qtype, int N, int K, Tensor ids) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(mistralrs_kernels, CPU, m) {
   m.impl("quant_repack", &quant_repack);
+  m.impl("quant_repack_into", &quant_repack_into);
   m.impl("quant_rows", &quant_rows);
 }

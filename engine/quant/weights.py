@@ -26,6 +26,8 @@ from mistralrs.engine.kernels import native_ops
 from mistralrs.registry import registries
 
 NATIVE_MAX_ROWS = 16  # activations rows up to which the C++ kernel beats dequantize + BLAS
+PACKED_ROWS = 16  # rows per block of the repacked layout (quant_layout.h kRows); blocks are independent
+REPACK_PART_BYTES = 16 * 2**20  # mapped tensors larger than this are repacked in parts of about this size
 
 FLOAT_TYPES = ("F32", "F16", "BF16")
 
@@ -88,8 +90,27 @@ class RepackedWeight:
     def __init__(self, raw: RawTensor, ops) -> None:
         self.qtype, self.shape = raw.qtype, tuple(raw.shape)
         self.ops, self.type_id = ops, registries().quant_types.get(raw.qtype).ggml_type
-        # reads the (possibly memory-mapped) blocks once; the file's pages are not kept
-        self.packed = ops.quant_repack(raw.data.reshape(-1).view(torch.uint8).contiguous(), self.type_id, *self.shape)
+        blocks = raw.data.reshape(-1).view(torch.uint8).contiguous()
+        if raw.release is None or blocks.numel() <= REPACK_PART_BYTES:
+            self.packed = ops.quant_repack(blocks, self.type_id, *self.shape)
+        else:  # a large mapped tensor (Gemma 3's 262k-row embedding): never the file's pages and the copy at once
+            self.packed = self._repack_in_parts(blocks, raw.release)
+
+    def _repack_in_parts(self, blocks: torch.Tensor, release) -> torch.Tensor:
+        """Repack runs of whole 16-row blocks (independent in the packed layout) straight into their
+        place, and drop each run's file pages as soon as it is copied."""
+        n, k = self.shape
+        row_bytes = blocks.numel() // n
+        rows = max(PACKED_ROWS, REPACK_PART_BYTES // row_bytes // PACKED_ROWS * PACKED_ROWS)
+        block_bytes = self.ops.quant_repack(blocks[:PACKED_ROWS * row_bytes], self.type_id, PACKED_ROWS, k).numel()
+        out = torch.empty(block_bytes * -(-n // PACKED_ROWS), dtype=torch.uint8)
+        for r0 in range(0, n, rows):
+            r1 = min(n, r0 + rows)
+            start = r0 // PACKED_ROWS * block_bytes
+            part = out[start:start + block_bytes * -(-(r1 - r0) // PACKED_ROWS)]
+            self.ops.quant_repack_into(blocks[r0 * row_bytes:r1 * row_bytes], self.type_id, r1 - r0, k, part)
+            release(r0 * row_bytes, r1 * row_bytes)
+        return out
 
     def dense(self) -> torch.Tensor:
         return self.ops.quant_dequantize(self.packed, self.type_id, *self.shape)
