@@ -119,6 +119,20 @@ class ServeConfig:
     # how tool calls are read from the output (docs/TOOLS.md): auto (from the chat template) | hermes |
     # llama3_json | mistral
     tool_parser: str = "auto"
+    # local: one engine in this process | ray: serve.replicas engine replicas as Ray Serve deployments
+    # behind this same app (docs/SCALE_OUT.md; needs the `ray` extra: pip install 'mistralrs-py[ray]')
+    backend: str = "local"
+    replicas: int = 1  # ray: engine replicas (each a process with the whole model)
+    ray_address: Optional[str] = None  # ray: an existing cluster ("auto", "host:6379"); unset: start a local one
+    replica_cpus: float = 1.0  # ray: CPUs reserved per replica; its torch threads default to this (engine.threads)
+    replica_gpus: float = 0.0  # ray: GPUs per replica (1: one replica per GPU; 0: model.device must be cpu or auto)
+    ray_app_name: str = "mistralrs"  # ray: Serve applications <name>-replica-<i> (one name per server on a cluster)
+    ray_startup_timeout_seconds: float = 600.0  # ray: every replica must have loaded its model by then
+    ray_failover_seconds: float = 30.0  # ray: how long a request waits for a replica to be up (then 503)
+    # ray routing: a replica holding k more KV blocks of a request's prompt prefix than the others gets it
+    # while it has at most min(k-1, this) more requests in flight than the least-loaded replica
+    # (docs/SCALE_OUT.md, Routing); otherwise the least-loaded one does
+    affinity_max_imbalance: int = 8
 
 
 @dataclass
@@ -132,6 +146,10 @@ class BenchConfig:
     repeats: int = 3
     warmup: int = 1
     streams: list[int] = field(default_factory=lambda: [1, 4, 16])  # served mode
+    # served mode: also serve.backend=ray with each of these replica counts, ray_replica_threads torch
+    # threads (and CPUs) per replica, measured in the same run as the local server at engine.threads
+    ray_replicas: list[int] = field(default_factory=list)
+    ray_replica_threads: int = 1
     # engine mode: also decode under a grammar and report constrained vs free tok/s, alternating runs.
     # none | json (a JSON schema: an array of at least 40 objects, so it outlasts decode_tokens)
     grammar: str = "none"

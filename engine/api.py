@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from mistralrs.conf.schema import Config
 
+from mistralrs.engine.chat_prompts import ChatPrompts
 from mistralrs.engine.core.compute_thread import compute_thread
 from mistralrs.engine.core.context_policy import completion_budget
 from mistralrs.engine.config import compose_config, resolve_sampling, to_schema
@@ -27,9 +28,8 @@ from mistralrs.engine.loading.loader import LoadedModel, load_model, weights_mod
 from mistralrs.engine.core.model_runner import full_logits
 from mistralrs.engine.core.sampler import SamplingParams
 from mistralrs.engine.core.sequence import SeqEvent
-from mistralrs.engine.tokenizer.chat_template import DEFAULT_CHATML_TEMPLATE, render_chat
 from mistralrs.engine.tools.calls import ContentDelta
-from mistralrs.engine.tools.plan import ToolPlan, marker_token_texts, plan_tools
+from mistralrs.engine.tools.plan import ToolPlan, marker_token_texts
 
 _SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
 
@@ -54,7 +54,7 @@ def sampling_from(defaults: Any, overrides: dict[str, Any]) -> SamplingParams:
     return SamplingParams(**base).validate()
 
 
-class LLM:
+class LLM(ChatPrompts):
     """A loaded model with its tokenizer; one generation at a time. Its computation (loading included)
     runs on the process's compute thread, whichever thread calls (see compute_thread.py)."""
 
@@ -147,30 +147,6 @@ class LLM:
             message["tool_calls"] = calls
             message["content"] = message["content"] if message["content"].strip() else None
         return message
-
-    def tool_plan(self, tools: Any = None, tool_choice: Any = None, parallel_tool_calls: Any = None) -> ToolPlan:
-        """How a chat request's tools are handled (engine/tools/plan.py); raises ToolRequestError."""
-        return plan_tools(self.chat_template, tools, tool_choice, parallel_tool_calls, self.config.serve.tool_parser)
-
-    @property
-    def chat_template(self) -> str:
-        """The model's chat template (or ChatML's, for a model that ships none)."""
-        return self.tokenizer.chat_template or DEFAULT_CHATML_TEMPLATE
-
-    def chat_prompt_ids(self, messages: list[dict[str, Any]], tools: ToolPlan | None = None) -> list[int]:
-        """The prompt's token ids; ``tools`` (from :meth:`tool_plan`) puts the offered tools and past
-        calls into it as the template or the generic format wants them."""
-        tok = self.tokenizer
-        if tools is None:
-            tools = self.tool_plan()
-        messages, extra = tools.render_inputs(messages)
-        text = render_chat(self.chat_template, messages, add_generation_prompt=True,
-                           bos_token=tok.bos_token, eos_token=tok.eos_token, **extra)
-        ids = tok.encode(text, add_special=False, parse_special=True)
-        # Templates usually write BOS themselves; add it only when the model wants one and it is absent.
-        if tok.add_bos and tok.bos_id is not None and ids[:1] != [tok.bos_id]:
-            ids.insert(0, tok.bos_id)
-        return ids
 
     def _tool_deltas(self, ids: list[int], sampling: dict[str, Any], plan: ToolPlan):
         parser = plan.new_parser()

@@ -70,6 +70,21 @@ def validate_config(config: Config) -> None:
         ("serve.port", 0 <= config.serve.port <= 65535, "in [0, 65535]"),
         ("bench.mode", config.bench.mode in ("engine", "served"), "engine or served"),
         ("serve.tool_parser", config.serve.tool_parser in ("auto", *TOOL_PARSERS), f"auto, {', '.join(TOOL_PARSERS)}"),
+        ("serve.backend", config.serve.backend in ("local", "ray"), "local or ray"),
+        ("serve.replicas", config.serve.replicas >= 1, ">= 1"),
+        ("serve.replicas", config.serve.replicas == 1 or config.serve.backend == "ray",
+         "1 with serve.backend=local (replicas need serve.backend=ray)"),
+        ("serve.replica_cpus", config.serve.replica_cpus > 0, "> 0"),
+        ("serve.replica_gpus", config.serve.replica_gpus >= 0, ">= 0"),
+        ("serve.ray_app_name", bool(config.serve.ray_app_name.strip()), "a non-empty name"),
+        ("serve.ray_startup_timeout_seconds", config.serve.ray_startup_timeout_seconds > 0, "> 0"),
+        ("serve.ray_failover_seconds", config.serve.ray_failover_seconds > 0, "> 0"),
+        ("serve.affinity_max_imbalance", config.serve.affinity_max_imbalance >= 0, ">= 0"),
+        # a replica without GPUs reserved sees every GPU of its node: all would load onto cuda:0
+        ("model.device", config.serve.backend != "ray" or config.serve.replica_gpus > 0
+         or not config.model.device.startswith("cuda"),
+         "cpu or auto with serve.backend=ray and serve.replica_gpus=0 (set serve.replica_gpus, e.g. 1 for one "
+         "GPU per replica)"),
     ]
     for key, ok, allowed in checks:
         if not ok:

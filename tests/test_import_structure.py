@@ -52,11 +52,26 @@ def _module_files(root: Path, package: str) -> dict[str, Path]:
     return modules
 
 
-def _imported(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """The package modules that ``module`` imports, by the rules in this file's docstring."""
+def _module_level(tree: ast.Module) -> list[ast.stmt]:
+    """The statements that run when the module is imported: its body, with top-level if/try blocks
+    opened (function bodies are left out: their imports are lazy)."""
+    stack, out = list(tree.body), []
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        if isinstance(node, (ast.If, ast.Try)):
+            stack.extend([*node.body, *node.orelse, *getattr(node, "finalbody", []),
+                          *(stmt for handler in getattr(node, "handlers", []) for stmt in handler.body)])
+    return out
+
+
+def _imported_names(module: str, path: Path, modules: dict[str, Path], module_level_only: bool = False) -> set[str]:
+    """The modules that ``module`` imports, those of the package by the rules in this file's docstring,
+    others by their dotted name (``module_level_only``: those it imports when it is itself imported)."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    for node in _module_level(tree) if module_level_only else ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -67,7 +82,13 @@ def _imported(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
             for alias in node.names:
                 submodule = f"{base}.{alias.name}"
                 found.add(submodule if submodule in modules else base)
-    return {name for name in found if name in modules and name != module}
+    return found
+
+
+def _imported(module: str, path: Path, modules: dict[str, Path], module_level_only: bool = False) -> set[str]:
+    """The package modules that ``module`` imports."""
+    return {name for name in _imported_names(module, path, modules, module_level_only)
+            if name in modules and name != module}
 
 
 def build_graph(root: Path, package: str) -> dict[str, frozenset[str]]:
@@ -199,3 +220,56 @@ def test_every_package_is_listed_for_installation():
     found = {PACKAGE + "".join("." + p for p in init.parent.relative_to(ROOT).parts)
              for top in ("engine", "registry", "plugins", "conf") for init in (ROOT / top).rglob("__init__.py")}
     assert found - listed == set()
+
+
+# -- Ray stays optional: only the Ray backend's package imports it, and nothing else imports that
+# package's Ray modules but lazily (serve.backend=ray) ------------------------------------------------
+SCALEOUT = "mistralrs.engine.scaleout"
+
+
+def _ray_importers(module_level_only: bool) -> set[str]:
+    modules = _module_files(ROOT, PACKAGE)
+    return {name for name, path in modules.items()
+            if any(n == "ray" or n.startswith("ray.") for n in _imported_names(name, path, modules, module_level_only))}
+
+
+def test_only_the_ray_backend_imports_ray():
+    outside = sorted(m for m in _ray_importers(module_level_only=False) if not m.startswith(SCALEOUT))
+    assert not outside, f"modules importing ray outside {SCALEOUT}: {outside}"
+
+
+def _module_level_graph() -> dict[str, set[str]]:
+    modules = _module_files(ROOT, PACKAGE)
+    return {name: _imported(name, path, modules, module_level_only=True) for name, path in modules.items()}
+
+
+def test_only_the_ray_backend_modules_load_ray_on_import():
+    """No module outside the Ray backend's Ray modules reaches one of them through module-level
+    imports: importing the package, the server or the CLI loads no Ray."""
+    graph, ray_modules = _module_level_graph(), _ray_importers(module_level_only=True)
+    assert {f"{SCALEOUT}.cluster", f"{SCALEOUT}.engine_client", f"{SCALEOUT}.replica_set"} <= ray_modules
+    offenders = []
+    for start in sorted(set(graph) - ray_modules):
+        seen, queue = {start}, deque([start])
+        while queue:
+            for target in graph[queue.popleft()] - seen:
+                if target in ray_modules:
+                    offenders.append(f"{start} -> ... -> {target}")
+                seen.add(target)
+                queue.append(target)
+    assert not offenders, "module-level imports that load Ray:\n" + "\n".join(offenders)
+
+
+def test_the_server_and_cli_load_no_ray():
+    import subprocess
+    import sys
+
+    entry_points = ["mistralrs", "mistralrs.engine.api", "mistralrs.engine.server", "mistralrs.engine.cli.main",
+                    "mistralrs.engine.cli.tasks.serve", "mistralrs.engine.cli.tasks.bench",
+                    f"{SCALEOUT}.ingress", f"{SCALEOUT}.replica"]
+    code = ("import importlib, sys\n"
+            f"for name in {entry_points!r}:\n    importlib.import_module(name)\n"
+            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", f"importing the server loaded Ray: {out.stdout[:500]}"

@@ -25,6 +25,10 @@ class EngineClosed(RuntimeError):
     pass
 
 
+class EngineUnavailable(RuntimeError):
+    """No engine can take the request for now (serve.backend=ray: no replica up); retry later."""
+
+
 class AsyncEngine:
     def __init__(self, engine: LLMEngine, compute: ComputeThread | None = None):
         self.engine = engine

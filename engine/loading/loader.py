@@ -133,6 +133,26 @@ def _load_weights(model: nn.Module, family: Family, ckpt: Checkpoint, model_cfg:
         raise ModelFileError(path, f"missing tensors for {arch!r}: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
 
 
+def load_tokenizer(cfg: ModelConfig, ckpt: Checkpoint, path: Path, vocab: int | None = None) -> Any:
+    """The model's tokenizer as ``cfg`` overrides it (model.tokenizer, model.chat_template); ``vocab``:
+    the model's embedding rows, which the tokenizer must not exceed. Needs no weights: the Ray
+    backend's ingress tokenizes with it (engine/scaleout/frontend_model.py)."""
+    if cfg.tokenizer:  # the override replaces the file's vocabulary, which then need not even be readable
+        from mistralrs.engine.tokenizer.hf_vocab import tokenizer_from_hf_dir
+
+        override = Path(cfg.tokenizer)
+        tokenizer = tokenizer_from_hf_dir(override.parent if override.is_file() else override)
+    else:
+        tokenizer = ckpt.tokenizer()
+    if isinstance(vocab, int) and tokenizer.vocab_size > vocab:  # its last ids would index past the embedding
+        raise ModelFileError(Path(cfg.tokenizer) if cfg.tokenizer else path,
+                             f"the tokenizer has {tokenizer.vocab_size} tokens, more than the model's {vocab} embeddings")
+    if cfg.chat_template:
+        template = Path(cfg.chat_template)
+        tokenizer.chat_template = template.read_text() if template.is_file() else cfg.chat_template
+    return tokenizer
+
+
 def load_model(cfg: ModelConfig, regs: Registries | None = None, quant: QuantConfig | None = None,
                adapter: AdapterConfig | None = None) -> LoadedModel:
     """``quant``: in-situ quantization of the checkpoint's float weights (None or type none: off);
@@ -168,20 +188,7 @@ def load_model(cfg: ModelConfig, regs: Registries | None = None, quant: QuantCon
     max_seq_len = cfg.max_seq_len or min(DEFAULT_MAX_SEQ_LEN, model_cfg.max_position_embeddings)
     model.prepare(max_seq_len, device, dtype)
     model.eval()
-    if cfg.tokenizer:  # the override replaces the file's vocabulary, which then need not even be readable
-        from mistralrs.engine.tokenizer.hf_vocab import tokenizer_from_hf_dir
-
-        override = Path(cfg.tokenizer)
-        tokenizer = tokenizer_from_hf_dir(override.parent if override.is_file() else override)
-    else:
-        tokenizer = ckpt.tokenizer()
-    vocab = getattr(model_cfg, "vocab_size", None)
-    if isinstance(vocab, int) and tokenizer.vocab_size > vocab:  # its last ids would index past the embedding
-        raise ModelFileError(Path(cfg.tokenizer) if cfg.tokenizer else path,
-                             f"the tokenizer has {tokenizer.vocab_size} tokens, more than the model's {vocab} embeddings")
-    if cfg.chat_template:
-        template = Path(cfg.chat_template)
-        tokenizer.chat_template = template.read_text() if template.is_file() else cfg.chat_template
+    tokenizer = load_tokenizer(cfg, ckpt, path, getattr(model_cfg, "vocab_size", None))
     release_freed_heap()
     seconds = time.perf_counter() - start
     log.info("loaded %s (%s, %s) on %s as %s in %.2fs", path.name, arch_name, ckpt.format, device, dtype, seconds)

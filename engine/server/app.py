@@ -23,14 +23,19 @@ from mistralrs.engine.server.state import ServerState
 ROUTES = [chat_completions, completions, list_models, retrieve_model, tokenize, detokenize, health, metrics]
 
 
-def create_app(llm: Any, serve_cfg: ServeConfig | DictConfig | None = None) -> Litestar:
+def create_app(llm: Any, serve_cfg: ServeConfig | DictConfig | None = None, *, engine: Any = None,
+               replicas: Any = None) -> Litestar:
     """An app serving ``llm`` (a loaded :class:`mistralrs.engine.api.LLM`); ``serve_cfg`` defaults to
     ``llm.config.serve``. The engine thread starts with the app and stops (after
-    ``shutdown_grace_seconds``) when it shuts down."""
+    ``shutdown_grace_seconds``) when it shuts down.
+
+    The Ray backend (engine/scaleout) passes ``llm`` without weights, an ``engine`` with AsyncEngine's
+    interface that forwards to the replicas, and ``replicas`` (health and per-replica metrics)."""
     cfg = serve_cfg if serve_cfg is not None else llm.config.serve
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_object(cfg)
-    server = ServerState(llm=llm, cfg=cfg, engine=AsyncEngine(llm.engine))
+    server = ServerState(llm=llm, cfg=cfg, engine=engine if engine is not None else AsyncEngine(llm.engine),
+                         replicas=replicas)
 
     async def start_engine() -> None:
         server.engine.start()

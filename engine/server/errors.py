@@ -15,7 +15,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
 
-from mistralrs.engine.core.async_engine import EngineClosed
+from mistralrs.engine.core.async_engine import EngineClosed, EngineUnavailable
 from mistralrs.engine.core.context_policy import ContextLengthExceeded
 from mistralrs.engine.core.sampler import InvalidSamplingParam
 from mistralrs.engine.core.scheduler import QueueFull
@@ -72,6 +72,8 @@ def engine_errors(prompt_param: str, param_names: dict[str, str] | None = None,
                        headers={"Retry-After": str(retry_after)}) from None
     except (EngineClosed, ChatTemplateCancelled) as exc:
         raise APIError(503, str(exc), code="shutting_down", headers={"Retry-After": str(retry_after)}) from None
+    except EngineUnavailable as exc:
+        raise APIError(503, str(exc), code="engine_unavailable", headers={"Retry-After": str(retry_after)}) from None
     except ChatTemplateError as exc:
         raise invalid(str(exc), "messages") from None
     except ToolRequestError as exc:

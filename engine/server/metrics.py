@@ -19,23 +19,19 @@ class RequestMetrics:
         self.responses[(method, endpoint, status)] += 1
 
 
-def _label(value: str) -> str:
+def label(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _metric(lines: list[str], name: str, kind: str, help_text: str, samples: list[tuple[str, int]]) -> None:
+def metric(lines: list[str], name: str, kind: str, help_text: str, samples: list[tuple[str, int]]) -> None:
     lines.append(f"# HELP {PREFIX}_{name} {help_text}")
     lines.append(f"# TYPE {PREFIX}_{name} {kind}")
     lines.extend(f"{PREFIX}_{name}{labels} {value}" for labels, value in samples)
 
 
-def render(requests: RequestMetrics, stats: EngineStats, model: str) -> str:
-    lines: list[str] = []
-    _metric(lines, "http_requests_total", "counter", "HTTP responses by method, endpoint and status code.",
-            [(f'{{method="{_label(m)}",endpoint="{_label(e)}",status="{s}"}}', n)
-             for (m, e, s), n in sorted(requests.responses.items())])
-    model_label = f'{{model="{_label(model)}"}}'
-    for name, kind, help_text, value in [
+def engine_series(stats: EngineStats) -> list[tuple[str, str, str, int]]:
+    """``(name, kind, help, value)`` of each engine counter and gauge."""
+    return [
         ("prompt_tokens_total", "counter", "Prompt tokens submitted (once per choice).", stats.prompt_tokens),
         ("generation_tokens_total", "counter", "Tokens generated.", stats.generated_tokens),
         ("sequences_running", "gauge", "Sequences being decoded.", stats.running),
@@ -48,6 +44,15 @@ def render(requests: RequestMetrics, stats: EngineStats, model: str) -> str:
         ("prefix_cache_queried_tokens_total", "counter", "Prompt tokens looked up in the prefix cache.",
          stats.prefix_queried_tokens),
         ("preemptions_total", "counter", "Sequences preempted when the KV cache ran out.", stats.preemptions),
-    ]:
-        _metric(lines, name, kind, help_text, [(model_label, value)])
+    ]
+
+
+def render(requests: RequestMetrics, stats: EngineStats, model: str) -> str:
+    lines: list[str] = []
+    metric(lines, "http_requests_total", "counter", "HTTP responses by method, endpoint and status code.",
+           [(f'{{method="{label(m)}",endpoint="{label(e)}",status="{s}"}}', n)
+            for (m, e, s), n in sorted(requests.responses.items())])
+    model_label = f'{{model="{label(model)}"}}'
+    for name, kind, help_text, value in engine_series(stats):
+        metric(lines, name, kind, help_text, [(model_label, value)])
     return "\n".join(lines) + "\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 from litestar import Request, Response, get
 
 from mistralrs.engine.server.auth import require_api_key
@@ -32,13 +33,23 @@ async def retrieve_model(request: Request) -> Response:
 
 
 @get("/health")
-async def health() -> Response:
-    return json_response({"status": "ok"})
+async def health(request: Request) -> Response:
+    """``{"status": "ok"}``; with replicas (serve.backend=ray) also ``degraded`` while fewer than
+    serve.replicas are up (still 200: requests are served) and ``unavailable`` (503) with none up."""
+    replicas = server_of(request).replicas
+    if replicas is None:
+        return json_response({"status": "ok"})
+    report = replicas.health()
+    return Response(msgspec.json.encode(report), status_code=503 if report["status"] == "unavailable" else 200,
+                    media_type="application/json")
 
 
 @get("/metrics")
 async def metrics(request: Request) -> Response:
+    """The engine's counters; with replicas, summed over them, followed by per-replica series."""
     server = server_of(request)
     stats = await server.engine.stats()
-    return Response(render(server.metrics, stats, server.model_name),
-                    media_type="text/plain; version=0.0.4; charset=utf-8")
+    text = render(server.metrics, stats, server.model_name)
+    if server.replicas is not None:
+        text += server.replicas.metrics_text(server.model_name)
+    return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -20,7 +20,10 @@ from mistralrs.engine.server.metrics import RequestMetrics
 class ServerState:
     llm: Any  # mistralrs.engine.api.LLM
     cfg: ServeConfig
-    engine: AsyncEngine
+    engine: AsyncEngine  # or the Ray backend's client, which has the same interface
+    # the Ray backend's replica set (engine/scaleout/replica_set.py: health, per-replica metrics); None
+    # for the local engine
+    replicas: Any = None
     metrics: RequestMetrics = field(default_factory=RequestMetrics)
     started: int = field(default_factory=lambda: int(time.time()))
 

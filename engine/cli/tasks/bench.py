@@ -160,6 +160,18 @@ def run_served(cfg: DictConfig) -> dict:
         results["mistralrs-py"] = served.measure(ours, plan)
     finally:
         ours.stop()
+    ray_threads = int(b.ray_replica_threads)
+    for replicas in [int(n) for n in b.ray_replicas]:  # serve.backend=ray, same plan and prompts
+        ray_overrides = [o for o in overrides if not o.startswith(("engine.threads", "serve."))] + [
+            f"engine.threads={ray_threads}", "serve.backend=ray", f"serve.replicas={replicas}",
+            f"serve.replica_cpus={ray_threads}"]
+        server = served.start_ours(ray_overrides, cfg.model.name, logs)
+        try:
+            measured = served.measure(server, plan)
+            del measured["peak_rss_mb"]  # the ingress's alone: the replicas are Ray's processes, not measured
+            results[f"mistralrs-py ray x{replicas}"] = {**measured, "replicas": replicas, "threads": ray_threads}
+        finally:
+            server.stop()
     if peer_binary is not None and gguf is not None:
         if gguf.suffix != ".gguf":
             print("llama-server skipped: it runs GGUF files and this model is not one")
@@ -168,9 +180,11 @@ def run_served(cfg: DictConfig) -> dict:
     rows = []
     for engine, res in results.items():
         for n, r in res["decode"].items():
+            # ray rows: threads per replica, and no peak RSS
             rows.append({**common, "engine": engine, "streams": n, "decode_tok_s": r["tok_s"],
                          "stream_decode_tok_s": r["decode_tok_s"], "ttft_s": res["ttft_s"],
-                         "peak_rss_mb": res["peak_rss_mb"]})
+                         **({"peak_rss_mb": res["peak_rss_mb"]} if "peak_rss_mb" in res else {}),
+                         "threads": res.get("threads", threads), "replicas": res.get("replicas", 1)})
     _print_served(rows)
     _write_rows(out, rows)
     return rows[0]
@@ -183,9 +197,10 @@ def _print_served(rows: list[dict]) -> None:
     for r in rows:
         base = ours.get(r["streams"])
         ratio = f"  ours {base['decode_tok_s'] / r['decode_tok_s']:.2f}x" if base and r is not base and r["decode_tok_s"] else ""
-        print(f"{r['engine']:>14} {r['streams']:>3} streams: {r['decode_tok_s']} tok/s aggregate, "
-              f"{r['stream_decode_tok_s']} tok/s per stream, TTFT {r['ttft_s']} s ({r['prompt_tokens']}-token prompt), "
-              f"peak RSS {r['peak_rss_mb']} MB{ratio}")
+        print(f"{r['engine']:>22} {r['streams']:>3} streams: {r['decode_tok_s']} tok/s aggregate, "
+              f"{r['stream_decode_tok_s']} tok/s per stream, TTFT {r['ttft_s']} s ({r['prompt_tokens']}-token prompt)"
+              + (f", peak RSS {r['peak_rss_mb']} MB" if "peak_rss_mb" in r else "") + ratio
+              + (f"  [{r['replicas']} Ray replica(s), {r['threads']} thread(s) each]" if "ray" in r["engine"] else ""))
 
 
 def run_peers(cfg: DictConfig, llm, prompt: list[int], ours: dict) -> list[dict]:

@@ -46,27 +46,82 @@ def url_of(sock: socket.socket) -> str:
 
 def run(cfg: DictConfig) -> None:
     from mistralrs.engine.server import create_app
-    from mistralrs.engine.tokenizer import template_worker
 
     config = to_schema(cfg)
     serve = config.serve
     sock = bind(serve.host, serve.port)
+    if serve.backend == "ray":
+        _run_ray(config, sock)
+        return
     llm = load_llm(cfg)
     app = create_app(llm, serve)
+    state = app.state.server
+    _serve(app, sock, serve, f"serving {llm.name} on {url_of(sock)}",
+           lambda: state.engine.shutdown(serve.shutdown_grace_seconds))
+
+
+def _run_ray(config, sock: socket.socket) -> None:
+    """serve.backend=ray: replicas on Ray Serve behind this process's app (engine/scaleout). The
+    replicas (and a local Ray cluster we started) go down with the server: while starting, SIGTERM
+    interrupts as SIGINT does and start_ingress tears down what it deployed; once serving, either
+    signal stops the server gracefully; the final teardown ignores both (it is bounded:
+    cluster.teardown)."""
+    from mistralrs.engine.scaleout.ingress import start_ingress
+
+    serve = config.serve
+    with _signals_interrupt():  # the default SIGTERM would leave the Ray processes behind
+        ingress = start_ingress(config)
+    try:
+        banner = f"serving {ingress.model.name} on {url_of(sock)} ({serve.replicas} replicas on Ray Serve)"
+        _serve(ingress.app, sock, serve, banner, lambda: ingress.client.shutdown(serve.shutdown_grace_seconds))
+    finally:
+        with _signals_ignored():  # a second Ctrl-C must not leave half the replicas running
+            ingress.close()
+
+
+def _serve(app, sock: socket.socket, serve, banner: str, shutdown_engine: Callable[[], Awaitable[object]]) -> None:
+    from mistralrs.engine.tokenizer import template_worker
+
     if serve.access_log:
         logging.getLogger("uvicorn.access").setLevel(logging.INFO)
     # uvicorn cancels connections still open after its own timeout: give the engine's grace period
-    # and the final chunks time to reach the clients first (see _Server.capture_signals)
+    # and the final chunks time to reach the clients first (see _Server.capture_signals). The event
+    # loop and HTTP parser are pinned: uvloop and httptools, when installed (ray[serve] brings them),
+    # would otherwise replace the ones this server is tested and measured with.
     uv_config = uvicorn.Config(app, log_config=None, access_log=serve.access_log, lifespan="on", ws="none",
+                               loop="asyncio", http="h11",
                                timeout_graceful_shutdown=serve.shutdown_grace_seconds + 5, server_header=False)
-    state = app.state.server
 
     def on_exit() -> Awaitable[object]:
         template_worker.shutdown()  # a chat template rendering now must not hold up the exit
-        return state.engine.shutdown(serve.shutdown_grace_seconds)
+        return shutdown_engine()
 
-    server = _Server(uv_config, banner=f"serving {llm.name} on {url_of(sock)}", on_exit=on_exit)
+    server = _Server(uv_config, banner=banner, on_exit=on_exit)
     asyncio.run(server.serve(sockets=[sock]))
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt, as SIGINT does, so that cleanup code runs."""
+    def interrupt(sig: int, frame) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """SIGINT and SIGTERM do nothing inside (for a short, bounded cleanup only)."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class _Server(uvicorn.Server):
