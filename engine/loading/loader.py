@@ -178,6 +178,10 @@ def load_model(cfg: ModelConfig, regs: Registries | None = None, quant: QuantCon
     if device.type == "cpu":
         native_ops()  # compile/load the kernels now, not inside the first request
 
+    # the tokenizer before the weights: its construction's transient memory (200 MB for Gemma 3's
+    # 262k-token vocabulary) is then handed back before the weights arrive, not added on top of them
+    tokenizer = load_tokenizer(cfg, ckpt, path, getattr(model_cfg, "vocab_size", None))
+    release_freed_heap()
     with torch.device("meta"):
         model = check(family.build(model_cfg), CausalLM, f"the module family {arch_name!r} builds")
     _load_weights(model, family, ckpt, model_cfg, path, spec.name, dtype, device, weights_mode(cfg), quant)
@@ -188,7 +192,6 @@ def load_model(cfg: ModelConfig, regs: Registries | None = None, quant: QuantCon
     max_seq_len = cfg.max_seq_len or min(DEFAULT_MAX_SEQ_LEN, model_cfg.max_position_embeddings)
     model.prepare(max_seq_len, device, dtype)
     model.eval()
-    tokenizer = load_tokenizer(cfg, ckpt, path, getattr(model_cfg, "vocab_size", None))
     release_freed_heap()
     seconds = time.perf_counter() - start
     log.info("loaded %s (%s, %s) on %s as %s in %.2fs", path.name, arch_name, ckpt.format, device, dtype, seconds)
