@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from mistralrs.conf.schema import Config, register_schema
+from mistralrs.conf.schema import BenchConfig, Config, ServeConfig, register_schema
 
 _registered = False
 _lock = threading.Lock()
@@ -89,6 +89,7 @@ def validate_config(config: Config) -> None:
     for key, ok, allowed in checks:
         if not ok:
             raise ValueError(f"{key}={_value_of(config, key)!r} is invalid: it must be {allowed}")
+    _refuse_unused(config)
     from mistralrs.engine.quant.quantize_types import resolve_isq_type
 
     resolve_isq_type(config.quant.type)  # raises naming the type and the known ones
@@ -101,6 +102,24 @@ def validate_config(config: Config) -> None:
         SamplingParams(max_tokens=sampling.max_tokens, stop=list(sampling.stop), **given).validate()
     except InvalidSamplingParam as exc:
         raise ValueError(f"sampling.{exc.param}={getattr(sampling, exc.param)!r} is invalid: {exc}") from None
+
+
+# settings that only serve.backend=ray (or the served benchmark) reads: given elsewhere, they are an error
+RAY_ONLY_SERVE = ("ray_address", "replica_cpus", "replica_gpus", "ray_app_name", "ray_startup_timeout_seconds",
+                  "ray_failover_seconds", "affinity_max_imbalance")
+
+
+def _refuse_unused(config: Config) -> None:
+    if config.serve.backend != "ray":
+        defaults = ServeConfig()
+        for name in RAY_ONLY_SERVE:
+            if getattr(config.serve, name) != getattr(defaults, name):
+                raise ValueError(f"serve.{name}={getattr(config.serve, name)!r} applies to serve.backend=ray only "
+                                 f"(serve.backend is {config.serve.backend!r})")
+    if config.bench.ray_replicas and config.bench.mode != "served":
+        raise ValueError("bench.ray_replicas applies to bench.mode=served only")
+    if not config.bench.ray_replicas and config.bench.ray_replica_threads != BenchConfig().ray_replica_threads:
+        raise ValueError("bench.ray_replica_threads applies to the rows of bench.ray_replicas, which is empty")
 
 
 def _value_of(config: Any, dotted: str) -> Any:

@@ -390,6 +390,11 @@ def test_summed_counters_survive_a_replaced_replica():
     ("serve.replicas=2", "serve.replicas=2 is invalid: it must be 1 with serve.backend=local"),
     ("serve.replicas=0", "serve.replicas=0 is invalid: it must be >= 1"),
     ("serve.replica_cpus=0", "serve.replica_cpus=0.0 is invalid: it must be > 0"),
+    # Ray-only settings with the local backend would be ignored: refused instead
+    ("serve.ray_address=auto", "serve.ray_address='auto' applies to serve.backend=ray only"),
+    ("serve.replica_gpus=1", "serve.replica_gpus=1.0 applies to serve.backend=ray only"),
+    ("bench.ray_replicas=[2]", "bench.ray_replicas applies to bench.mode=served only"),
+    ("bench.ray_replica_threads=2", "bench.ray_replica_threads applies to the rows of bench.ray_replicas"),
 ])
 def test_serve_settings_are_checked(override, message):
     from mistralrs.engine.config import compose_config, to_schema, validate_config
