@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import mistralrs
 from conftest import decode_path_logits
 from mistralrs.engine.core.kv_cache import KV_CACHE_DTYPES, Q8_0, KVCache, KVCacheSpec, dequantize_q8_0, quantize_q8_0
 from mistralrs.engine.kernels import native_ops
+from attention_reference import reference_attention
 from tiny_models import engine_greedy, make_tiny_llama
 
 TINY = Path(__file__).parent / "data" / "tiny"
@@ -93,21 +93,6 @@ def test_native_kv_write_quantizes_as_gguf():
     ops.kv_write(k_cache, v_cache, slots, fused[..., :64], fused[..., 64:])
     assert np.array_equal(k_cache[slots].numpy(), quantize(x.numpy(), GGMLQuantizationType.Q8_0))
     assert np.array_equal(v_cache[slots].numpy(), quantize((-3 * x).numpy(), GGMLQuantizationType.Q8_0))
-
-
-def reference_attention(q, k_rows, v_rows, slots, lens, scale, window):
-    out = []
-    for b in range(q.shape[0]):
-        n = int(lens[b])
-        ks, vs = k_rows[slots[b, :n]], v_rows[slots[b, :n]]  # [n, Hkv, D]
-        mask = torch.ones(n, dtype=torch.bool)
-        if window:
-            mask[: max(0, n - window)] = False
-        o = F.scaled_dot_product_attention(q[b].unsqueeze(1).unsqueeze(0), ks.transpose(0, 1).unsqueeze(0),
-                                           vs.transpose(0, 1).unsqueeze(0), attn_mask=mask.view(1, 1, 1, n), scale=scale,
-                                           enable_gqa=True)
-        out.append(o[0, :, 0])
-    return torch.stack(out)
 
 
 @needs_native

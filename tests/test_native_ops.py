@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from mistralrs.engine.kernels import native_ops
 from mistralrs.engine.layers.rope import apply_rope
+from attention_reference import reference_attention, soft_capped_reference
 
 ops = native_ops()
 pytestmark = pytest.mark.skipif(ops is None, reason="no C++ toolchain here")
@@ -36,21 +37,6 @@ def test_rope_in_place_on_strided_views(rot):
     assert torch.equal(fused[:, 4 * 64 :], untouched)
 
 
-def reference_attention(q, k_cache, v_cache, slots, lens, scale, window):
-    out = []
-    for b in range(q.shape[0]):
-        n = int(lens[b])
-        ks, vs = k_cache[slots[b, :n]], v_cache[slots[b, :n]]  # [n, Hkv, D]
-        mask = torch.ones(n, dtype=torch.bool)
-        if window:
-            mask[: max(0, n - window)] = False
-        o = F.scaled_dot_product_attention(q[b].unsqueeze(1).unsqueeze(0), ks.transpose(0, 1).unsqueeze(0),
-                                           vs.transpose(0, 1).unsqueeze(0), attn_mask=mask.view(1, 1, 1, n), scale=scale,
-                                           enable_gqa=True)
-        out.append(o[0, :, 0])
-    return torch.stack(out)
-
-
 @pytest.mark.parametrize("window", [0, 5, 100])
 @pytest.mark.parametrize("lengths, heads", [([9, 1, 17], (6, 2)), ([300, 1, 130], (6, 2)), ([700], (4, 1)), ([260, 75], (3, 3))])
 def test_decode_attention_matches_sdpa_over_paged_slots(window, lengths, heads):
@@ -68,21 +54,6 @@ def test_decode_attention_matches_sdpa_over_paged_slots(window, lengths, heads):
     got = ops.decode_attention(q, k_cache, v_cache, slots, lens, 0.3, window)
     torch.testing.assert_close(got, reference_attention(q, k_cache, v_cache, slots, lens, 0.3, window),
                                atol=1e-5, rtol=1e-5)
-
-
-def soft_capped_reference(q, k_cache, v_cache, slots, lens, scale, window, cap):
-    """Gemma 2's eager attention as transformers writes it: scores * scale, cap * tanh(scores / cap), softmax."""
-    out = []
-    for b in range(q.shape[0]):
-        n = int(lens[b])
-        first = max(0, n - window) if window else 0
-        ks, vs = k_cache[slots[b, first:n]], v_cache[slots[b, first:n]]  # [m, Hkv, D]
-        rep = q.shape[1] // ks.shape[1]
-        ks, vs = ks.repeat_interleave(rep, dim=1), vs.repeat_interleave(rep, dim=1)
-        scores = torch.einsum("hd,mhd->hm", q[b], ks) * scale
-        probs = torch.softmax(torch.tanh(scores / cap) * cap, dim=-1)
-        out.append(torch.einsum("hm,mhd->hd", probs, vs))
-    return torch.stack(out)
 
 
 @pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16])

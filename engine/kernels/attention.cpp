@@ -242,6 +242,15 @@ void softmax_stats(float* scores, int64_t rep, int64_t n, float softcap, float* 
   }
 }
 
+// Zero a chunk's output; true (with m = -inf, l = 0: no weight in the merge) when it has no positions.
+bool start_chunk(int64_t n, int64_t rep, int64_t Dv, float* m, float* l, float* o) {
+  std::fill(o, o + rep * Dv, 0.f);
+  if (n > 0) return false;
+  std::fill(m, m + rep, -INFINITY);
+  std::fill(l, l + rep, 0.f);
+  return true;
+}
+
 // One GQA group's `rep` query heads against positions [p0, p1) of one sequence: each key and value
 // row is read once for all of the group's heads. Leaves per head the chunk's max score m, the sum
 // of exp(score - m) l, and the unnormalized output o = sum_j exp(score_j - m) v_j.
@@ -250,12 +259,7 @@ void group_chunk(const float* q, int64_t q_head_stride, int64_t rep, const T* ke
                  const int64_t* s, int64_t krow, int64_t vrow, int64_t p0, int64_t p1, int64_t D, int64_t Dv, float scale,
                  float softcap, float* scores, float* m, float* l, float* o) {
   const int64_t n = p1 - p0;
-  std::fill(o, o + rep * Dv, 0.f);
-  if (n <= 0) {
-    std::fill(m, m + rep, -INFINITY);
-    std::fill(l, l + rep, 0.f);
-    return;
-  }
+  if (start_chunk(n, rep, Dv, m, l, o)) return;
   // positions in blocks of 64: a block's key (value) rows stay in L1 while every head of the group reads them
   for (int64_t b0 = 0; b0 < n; b0 += 64)
     for (int64_t h = 0; h < rep; ++h)
@@ -275,12 +279,7 @@ void group_chunk(const float* q, int64_t q_head_stride, int64_t rep, const Q8* k
                  const int64_t* s, int64_t krow, int64_t vrow, int64_t p0, int64_t p1, int64_t D, int64_t Dv, float scale,
                  float softcap, float* scores, float* m, float* l, float* o) {
   const int64_t n = p1 - p0;
-  std::fill(o, o + rep * Dv, 0.f);
-  if (n <= 0) {
-    std::fill(m, m + rep, -INFINITY);
-    std::fill(l, l + rep, 0.f);
-    return;
-  }
+  if (start_chunk(n, rep, Dv, m, l, o)) return;
   static const std::vector<int64_t> rows = [] {
     std::vector<int64_t> r(64);
     for (int64_t i = 0; i < 64; ++i) r[i] = i;
