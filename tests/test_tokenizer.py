@@ -6,6 +6,7 @@ import heapq
 import json
 import random
 from concurrent.futures import ThreadPoolExecutor
+from unittest import mock
 
 import pytest
 
@@ -17,6 +18,7 @@ from mistralrs.engine.tokenizer import (
     tokenizer_from_hf_dir,
 )
 from mistralrs.engine.formats.gguf_parse import GGUFFormatError, read_gguf_metadata
+from mistralrs.engine.tokenizer import gguf_vocab
 from mistralrs.engine.tokenizer.text_tokenizer import (
     ATTR_BYTE,
     ATTR_CONTROL,
@@ -56,10 +58,21 @@ def gemma3_tok(gemma3_meta) -> TextTokenizer:
     return tokenizer_from_gguf(gemma3_meta)
 
 
-@pytest.fixture(params=[SMOLLM2_STEM, GEMMA3_STEM])
-def model(request, smollm2_tok, gemma3_tok):
-    tok = smollm2_tok if request.param == SMOLLM2_STEM else gemma3_tok
-    return tok, _oracle(request.param)
+def _emulated_spm(meta: dict) -> TextTokenizer:
+    """The ``tokenizers`` emulation of SPM (score-ranked merges): the path taken without native kernels."""
+    with mock.patch.object(gguf_vocab, "_native_spm", return_value=None):
+        return tokenizer_from_gguf(meta)
+
+
+@pytest.fixture(scope="session")
+def gemma3_tok_emulated(gemma3_meta) -> TextTokenizer:
+    return _emulated_spm(gemma3_meta)
+
+
+@pytest.fixture(params=[SMOLLM2_STEM, GEMMA3_STEM, GEMMA3_STEM + ":emulated"])
+def model(request, smollm2_tok, gemma3_tok, gemma3_tok_emulated):
+    tok = {SMOLLM2_STEM: smollm2_tok, GEMMA3_STEM: gemma3_tok}.get(request.param, gemma3_tok_emulated)
+    return tok, _oracle(request.param.split(":")[0])
 
 
 # ----------------------------------------------------------------------------- GGUF metadata
@@ -274,6 +287,60 @@ def test_spm_matches_llamacpp_algorithm_on_random_text(gemma3_tok, gemma3_meta):
     for text in texts:
         expected = _llamacpp_spm(text.replace(" ", "▁"), text_to_id, scores)
         assert gemma3_tok.encode(text, add_special=False) == expected, text
+
+
+def test_packed_tables():
+    from mistralrs.engine.tokenizer.packed_table import PackedBytes, PackedStrings
+
+    texts = ["a", "", "▁wörld", "\ud800 lone", "🦀" * 3]
+    packed = PackedStrings(texts)
+    assert len(packed) == 5 and list(packed) == texts and packed[-1] == texts[-1]
+    raw = PackedBytes([b"\x00", b"", b"xyz"])
+    assert [raw[i] for i in range(3)] == [b"\x00", b"", b"xyz"] and raw.nbytes == 4 + 3 * 8
+    with pytest.raises(IndexError):
+        packed[5]
+    with pytest.raises(TypeError):
+        packed["1"]
+
+
+def test_native_spm_matches_the_tokenizers_emulation(gemma3_tok, gemma3_tok_emulated):
+    """The native SPM tokenizer (the default where the kernels build) and the ``tokenizers`` emulation
+    give the same ids on text mixing user-defined tokens (runs of spaces, HTML tags), control tokens,
+    byte-fallback characters and plain words, with and without parse_special."""
+    assert gemma3_tok.hf_tokenizer is None and gemma3_tok_emulated.hf_tokenizer is not None
+    rng = random.Random(7)
+    pieces = list("abcxyz  \n\n\t.,!?<>/é€😀漢字09") + [
+        "<start_of_turn>", "<end_of_turn>", "<bos>", "   ", "\n\n\n", "<unused12>", "<b>", "</div>", "<0x41>",
+        "hello", " world", "▁", "ünïcödé", "```python\n", "    def f(x):\n", UNICODE_TEXT]
+    texts = ["", " ", "  ", "<start_of_turn>", "a" * 300, " " * 40 + "x"]
+    texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 40))) for _ in range(600)]
+    for text in texts:
+        for parse_special in (False, True):
+            assert (gemma3_tok.encode(text, add_special=False, parse_special=parse_special)
+                    == gemma3_tok_emulated.encode(text, add_special=False, parse_special=parse_special)), text
+
+
+def test_native_spm_lookups_and_unusual_input(gemma3_tok):
+    assert gemma3_tok.token_to_id("▁world") == 1902
+    assert gemma3_tok.token_to_id("<end_of_turn>") == gemma3_tok.encode("<end_of_turn>", add_special=False,
+                                                                           parse_special=True)[0]
+    assert gemma3_tok.token_to_id("no such token ▁▁x") is None
+    # a lone surrogate (JSON may carry one) is encoded as U+FFFD instead of failing
+    assert gemma3_tok.encode("a\ud800b") == gemma3_tok.encode("a\ufffdb")
+
+
+def test_native_spm_without_byte_tokens_fuses_unknowns():
+    """A vocabulary without <0xXX> tokens: characters outside it become one unknown token per run, as
+    the ``tokenizers`` emulation (byte_fallback + fuse_unk) does."""
+    md = _tiny_spm_meta()
+    keep = [i for i, t in enumerate(md["tokenizer.ggml.tokens"]) if not t.startswith("<0x")]
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.scores"):
+        md[key] = [md[key][i] for i in keep]
+    native, emulated = tokenizer_from_gguf(md), _emulated_spm(md)
+    assert native.hf_tokenizer is None
+    for text in ("hé wörld", "日本 hello 語", "héé", "hello"):
+        assert native.encode(text) == emulated.encode(text), text
+    assert native.encode("日本", add_special=False).count(0) == 1
 
 
 # ----------------------------------------------------------------------------- decoding

@@ -45,4 +45,6 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(x)
-        return self.down_proj(self.act(gate) * up)
+        # in place: in a prefill these [tokens, intermediate] temporaries are a layer's largest tensors
+        h = F.silu(gate, inplace=True) if self.activation == "silu" else self.act(gate)
+        return self.down_proj(h.mul_(up))

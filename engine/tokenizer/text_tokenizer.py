@@ -23,9 +23,12 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
+
+from mistralrs.engine.tokenizer.packed_table import PackedBytes, PackedStrings, as_attr_array
 
 __all__ = [
     "ATTR_BYTE",
@@ -112,6 +115,19 @@ def token_pieces(tokens: Sequence[str], attrs: Sequence[int], spm: bool) -> list
     return out
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _utf8_safe(text: str) -> str:
+    """``text`` if it encodes as UTF-8; a lone surrogate (JSON allows ``"\\ud800"``) becomes U+FFFD, as
+    the native tokenizer takes UTF-8 only."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+
+
 class TextTokenizer:
     """Encode/decode text with llama.cpp's semantics (see the module docstring).
 
@@ -132,7 +148,7 @@ class TextTokenizer:
     def __init__(
         self,
         *,
-        hf_tokenizer: Tokenizer,
+        hf_tokenizer: Tokenizer | None,
         tokens: Sequence[str],
         attrs: Sequence[int],
         pieces: Sequence[bytes],
@@ -147,16 +163,22 @@ class TextTokenizer:
         named_chat_templates: Mapping[str, str] | None = None,
         special_ids: Mapping[str, int | None] | None = None,
         pre: str | None = None,
+        native_spm: Any = None,
     ):
+        """``native_spm``: the native kernels' ``SpmTokenizer`` for this vocabulary, which then encodes
+        instead of ``hf_tokenizer`` (None for such a tokenizer)."""
         n = len(tokens)
+        if (hf_tokenizer is None) == (native_spm is None):
+            raise TokenizerError("a TextTokenizer encodes with either a tokenizers.Tokenizer or a native SPM tokenizer")
         if not (len(attrs) == len(pieces) == n):
             raise TokenizerError("tokens, attrs and pieces must have the same length")
         self._hf = hf_tokenizer
-        self._tokens = list(tokens)
-        self._attrs = list(attrs)
-        self._pieces = list(pieces)
+        self._spm = native_spm
+        # packed: a list of Gemma 3's 262k token strings and pieces alone would hold 36 MB
+        self._tokens = PackedStrings(tokens)
+        self._attrs = as_attr_array(attrs)
+        self._pieces = PackedBytes(pieces)
         self._special = frozenset(i for i, a in enumerate(self._attrs) if a & SPECIAL_ATTRS)
-        self._text_to_id: dict[str, int] | None = None
         self._lock = threading.Lock()
         self.kind = kind
         self.pre = pre
@@ -187,7 +209,9 @@ class TextTokenizer:
         """
         if not isinstance(text, str):
             raise TypeError(f"encode() expects str, got {type(text).__name__}")
-        if text:
+        if text and self._spm is not None:
+            ids = self._spm.encode(_utf8_safe(text), parse_special)
+        elif text:
             with self._lock:
                 self._hf.encode_special_tokens = not parse_special
                 ids = self._hf.encode(text, add_special_tokens=False).ids
@@ -246,9 +270,11 @@ class TextTokenizer:
 
     def token_to_id(self, token: str) -> int | None:
         """Id of the vocabulary string ``token`` (not of arbitrary text: use ``encode``)."""
-        if self._text_to_id is None:
-            self._text_to_id = {t: i for i, t in enumerate(self._tokens)}
-        return self._text_to_id.get(token)
+        if self._spm is not None:
+            id = self._spm.token_to_id(_utf8_safe(token))
+        else:  # the same vocabulary, without a second map of it
+            id = self._hf.token_to_id(token)
+        return id if id is not None and id >= 0 and self._tokens[id] == token else None
 
     def token_attr(self, id: int) -> int:
         """llama.cpp token attribute flags (``ATTR_*`` in this module)."""
@@ -262,8 +288,9 @@ class TextTokenizer:
         return id in self.eog_ids
 
     @property
-    def hf_tokenizer(self) -> Tokenizer:
-        """The underlying ``tokenizers.Tokenizer`` (encode with ``add_special_tokens=False``)."""
+    def hf_tokenizer(self) -> Tokenizer | None:
+        """The underlying ``tokenizers.Tokenizer`` (encode with ``add_special_tokens=False``); None where
+        the native SentencePiece tokenizer encodes."""
         return self._hf
 
     def __len__(self) -> int:
