@@ -13,6 +13,12 @@ ACTIVATIONS = {
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "gelu": F.gelu,
 }
+# the same, overwriting their argument (bit-identical results)
+ACTIVATIONS_IN_PLACE = {
+    "silu": lambda x: F.silu(x, inplace=True),
+    "gelu_tanh": lambda x: torch.ops.aten.gelu_(x, approximate="tanh"),
+    "gelu": lambda x: torch.ops.aten.gelu_(x),
+}
 
 # HF config.json `hidden_act` / `hidden_activation` -> ACTIVATIONS name
 HF_ACTIVATIONS = {
@@ -44,7 +50,9 @@ class GatedMLP(nn.Module):
         self.act = ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # in place, and gone before the down projection: in a prefill these [tokens, intermediate]
+        # temporaries are a layer's largest tensors (Gemma 3, 512 tokens: 24 -> 16 MB live at peak)
         gate, up = self.gate_up(x)
-        # in place: in a prefill these [tokens, intermediate] temporaries are a layer's largest tensors
-        h = F.silu(gate, inplace=True) if self.activation == "silu" else self.act(gate)
-        return self.down_proj(h.mul_(up))
+        h = ACTIVATIONS_IN_PLACE[self.activation](gate).mul_(up)
+        del gate, up
+        return self.down_proj(h)
