@@ -244,6 +244,8 @@ def test_served_bench_drives_our_server_through_the_openai_client(tiny_dir, tmp_
     assert [(r["engine"], r["mode"], r["streams"]) for r in rows] == [("mistralrs-py", "served", 1),
                                                                         ("mistralrs-py", "served", 2)]
     assert all(r["decode_tok_s"] > 0 and r["ttft_s"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
+    # one server through the sweep, fewest streams first: each row's peak covers the loads before it
+    assert rows[0]["peak_rss_mb"] <= rows[1]["peak_rss_mb"]
     missing = run_cli("task=bench", "bench.mode=served", "model=llama", f"model.source={tiny_dir}",
                       "bench.streams=[1]", "bench.decode_tokens=4", "bench.prompt_tokens=16", "bench.repeats=1",
                       "bench.warmup=0",

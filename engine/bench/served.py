@@ -2,12 +2,13 @@
 
 Starts our server (``mistralrs task=serve`` in a subprocess, with the job's own overrides) and, when
 ``bench.peers`` names ``llama-server``, llama.cpp's server on the same GGUF file with the same threads
-and ``-np`` = the largest stream count; drives each in turn with the official ``openai`` client:
+and ``-np`` = the stream count (a server per count); drives each in turn with the official ``openai`` client:
 
 - decode: ``streams`` concurrent streamed ``/v1/completions`` requests of ``decode_tokens`` tokens
   (``ignore_eos``, greedy, short distinct prompts), for each count in ``bench.streams``;
 - TTFT: one streamed request with a ``prompt_tokens``-token prompt (distinct per repeat);
-- peak RSS of the server process (``VmHWM``) after all rounds.
+- peak RSS of the server process (``VmHWM``) through each stream count's load (ours serves the whole
+  sweep in one process, fewest streams first; llama-server gets one server per count).
 
 Each figure is the median over ``bench.repeats`` rounds, after ``bench.warmup`` unmeasured ones.
 """
@@ -154,31 +155,33 @@ def _median_round(rounds: list[RoundResult]) -> dict:
 
 
 def measure(server: ServerProcess, plan: ServedPlan, streams: list[int] | None = None, ttft: bool = True) -> dict:
-    """Rounds of the plan against one server (``streams``: the plan's counts by default):
-    {"decode": {streams: {...}}, "ttft_s": ..., "peak_rss_mb": ...}."""
+    """Rounds of the plan against one server, fewest streams first (``streams``: the plan's counts by
+    default), the TTFT prompts right after the fewest: {"decode": {streams: {...}}, "ttft_s": ...,
+    "peak_rss_mb": {streams: the server's peak RSS through that load}}. The peak is the kernel's
+    high-water mark, so a count's figure covers every round before it as well."""
     def rnd(prompts: list[str], max_tokens: int) -> RoundResult:
         return asyncio.run(run_round(server.base_url, server.model, prompts, max_tokens))
 
-    result: dict = {"decode": {}, "ttft_s": None}
+    result: dict = {"decode": {}, "ttft_s": None, "peak_rss_mb": {}}
     for w in range(plan.warmup):
         rnd([f"Warm-up {w}: once upon a time"], 16)
-    for n in plan.streams if streams is None else streams:
+    for k, n in enumerate(sorted(plan.streams if streams is None else streams)):
         rounds = [rnd([f"Story {r}-{i}: once upon a time" for i in range(n)], plan.decode_tokens)
                   for r in range(plan.repeats)]
         result["decode"][n] = _median_round(rounds)
-    if ttft:
-        ttfts = [rnd([p], 8).ttft_s for p in plan.long_prompts]
-        result["ttft_s"] = round(statistics.median(ttfts), 4) if ttfts else None
-    result["peak_rss_mb"] = server.peak_rss_mb()
+        if ttft and k == 0:  # as on llama-server's one-slot server: the light load includes long prompts
+            ttfts = [rnd([p], 8).ttft_s for p in plan.long_prompts]
+            result["ttft_s"] = round(statistics.median(ttfts), 4) if ttfts else None
+        result["peak_rss_mb"][n] = server.peak_rss_mb()
     return result
 
 
 def measure_llama_server(binary: Path, gguf: Path, threads: int, plan: ServedPlan, log_dir: Path) -> dict:
     """llama-server started once per stream count with that many slots (``-np``), as its users run it;
-    TTFT on the one-slot server; peak RSS the largest of its runs."""
+    TTFT on the one-slot server; each count's peak RSS that server's."""
     ctx = plan.prompt_tokens + plan.decode_tokens + 64
-    merged: dict = {"decode": {}, "ttft_s": None, "peak_rss_mb": None}
-    for n in plan.streams:
+    merged: dict = {"decode": {}, "ttft_s": None, "peak_rss_mb": {}}
+    for n in sorted(plan.streams):
         peer = start_llama_server(binary, gguf, threads, n, ctx, log_dir)
         try:
             part = measure(peer, plan, streams=[n], ttft=n == min(plan.streams))
@@ -186,7 +189,7 @@ def measure_llama_server(binary: Path, gguf: Path, threads: int, plan: ServedPla
             peer.stop()
         merged["decode"].update(part["decode"])
         merged["ttft_s"] = merged["ttft_s"] or part["ttft_s"]
-        merged["peak_rss_mb"] = max(filter(None, [merged["peak_rss_mb"], part["peak_rss_mb"]]), default=None)
+        merged["peak_rss_mb"].update(part["peak_rss_mb"])
     return merged
 
 

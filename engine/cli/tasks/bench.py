@@ -183,7 +183,7 @@ def run_served(cfg: DictConfig) -> dict:
             # ray rows: threads per replica, and no peak RSS
             rows.append({**common, "engine": engine, "streams": n, "decode_tok_s": r["tok_s"],
                          "stream_decode_tok_s": r["decode_tok_s"], "ttft_s": res["ttft_s"],
-                         **({"peak_rss_mb": res["peak_rss_mb"]} if "peak_rss_mb" in res else {}),
+                         **({"peak_rss_mb": res["peak_rss_mb"].get(n)} if "peak_rss_mb" in res else {}),
                          "threads": res.get("threads", threads), "replicas": res.get("replicas", 1)})
     _print_served(rows)
     _write_rows(out, rows)
