@@ -312,7 +312,7 @@ def test_native_spm_matches_the_tokenizers_emulation(gemma3_tok, gemma3_tok_emul
     pieces = list("abcxyz  \n\n\t.,!?<>/é€😀漢字09") + [
         "<start_of_turn>", "<end_of_turn>", "<bos>", "   ", "\n\n\n", "<unused12>", "<b>", "</div>", "<0x41>",
         "hello", " world", "▁", "ünïcödé", "```python\n", "    def f(x):\n", UNICODE_TEXT]
-    texts = ["", " ", "  ", "<start_of_turn>", "a" * 300, " " * 40 + "x"]
+    texts = ["", " ", "  ", "<start_of_turn>", "a" * 300, " " * 40 + "x", "a\x00b", "x\r\ny", "\ufeffhi", chr(0x10FFFF)]
     texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 40))) for _ in range(600)]
     for text in texts:
         for parse_special in (False, True):
