@@ -371,7 +371,6 @@ def tokenizer_from_gguf(metadata: Mapping[str, Any] | str | os.PathLike) -> Text
     eog = _llama_special_tokens(tokens, attrs, ids)
 
     # ---- the tokenizers pipeline
-    vocab = {t: i for i, t in enumerate(tokens)}
     if spm:
         if "tokenizer.ggml.scores" in md:
             scores = _per_token_list(md, "tokenizer.ggml.scores", n)
@@ -386,7 +385,7 @@ def tokenizer_from_gguf(metadata: Mapping[str, Any] | str | os.PathLike) -> Text
                                    add_space_prefix, native)
         merges = _spm_merges(tokens, scores)
         unk = tokens[ids["unk"]] if ids.get("unk") is not None else None
-        bpe = _bpe("tokenizer.ggml.tokens", vocab=vocab, merges=merges, byte_fallback=True, unk_token=unk, fuse_unk=True)
+        bpe = _bpe("tokenizer.ggml.tokens", vocab={t: i for i, t in enumerate(tokens)}, merges=merges, byte_fallback=True, unk_token=unk, fuse_unk=True)
         hf = Tokenizer(bpe)
         norm = [normalizers.Replace(" ", "▁")]
         if add_space_prefix:
@@ -403,21 +402,28 @@ def tokenizer_from_gguf(metadata: Mapping[str, Any] | str | os.PathLike) -> Text
             if pos < 0:
                 continue  # llama.cpp stores ("", "") for it: never matches
             merges.append((m[:pos], m[pos + 1 :]))
-        bpe = _bpe("tokenizer.ggml.merges", vocab=vocab, merges=merges, ignore_merges=ignore_merges)
+        bpe = _bpe("tokenizer.ggml.merges", vocab={t: i for i, t in enumerate(tokens)}, merges=merges, ignore_merges=ignore_merges)
         hf = Tokenizer(bpe)
         hf.pre_tokenizer = hf_pre
 
-    added = []
-    for i, a in enumerate(attrs):
-        if a & SPECIAL_ATTRS:
-            added.append(AddedToken(tokens[i], special=True, normalized=False))
-        elif a & ATTR_USER_DEFINED:
-            added.append(AddedToken(tokens[i], special=False, normalized=False))
+    added = [AddedToken(tokens[i], special=kind == _SPLIT_WITH_PARSE_SPECIAL, normalized=False)
+             for i, kind in enumerate(map(_split_kind, attrs)) if kind]
     if added:
         hf.add_tokens(added)
 
     return _text_tokenizer(md, hf, tokens, attrs, model, pre_name, ids, eog, add_bos, add_eos,
                            spm and add_space_prefix, None)
+
+
+_SPLIT_ALWAYS, _SPLIT_WITH_PARSE_SPECIAL = 1, 2  # spm_tokenizer.cpp's kinds
+
+
+def _split_kind(attr: int) -> int:
+    """How llama.cpp splits a token's text out of the input before tokenizing the rest: user-defined
+    tokens always, control/unknown ones only with parse_special, others never (0)."""
+    if attr & SPECIAL_ATTRS:
+        return _SPLIT_WITH_PARSE_SPECIAL
+    return _SPLIT_ALWAYS if attr & ATTR_USER_DEFINED else 0
 
 
 def _native_spm(tokens: Sequence[str], scores: Sequence[float], attrs: Sequence[int], unk: int | None,
@@ -432,8 +438,7 @@ def _native_spm(tokens: Sequence[str], scores: Sequence[float], attrs: Sequence[
 
     texts = [t.encode("utf-8", "surrogatepass") for t in tokens]
     ends = np.cumsum(np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts)))
-    kinds = np.fromiter((2 if a & SPECIAL_ATTRS else 1 if a & ATTR_USER_DEFINED else 0 for a in attrs),
-                        dtype=np.int8, count=len(attrs))
+    kinds = np.fromiter(map(_split_kind, attrs), dtype=np.int8, count=len(attrs))
     return torch.classes.mistralrs_kernels.SpmTokenizer(
         torch.frombuffer(bytearray(b"".join(texts)), dtype=torch.uint8),
         torch.from_numpy(ends), torch.tensor(scores, dtype=torch.float32), torch.from_numpy(kinds),
