@@ -31,20 +31,25 @@ DELETE_TIMEOUT_SECONDS = 60.0  # how long closing waits for our applications to 
 def connect(cfg: ServeConfig) -> bool:
     """Join ``serve.ray_address``, or the Ray this process already joined, or start a local cluster on
     this machine's cores. True when this process started the cluster (and must stop it)."""
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a local cluster of ours reports nothing
-    common = dict(logging_level=logging.WARNING, log_to_driver=True)
-    if cfg.ray_address:
-        try:
-            ray.init(address=cfg.ray_address, **common)
-        except ConnectionError as exc:
-            raise ScaleOutError(f"cannot join the Ray cluster at serve.ray_address={cfg.ray_address!r}: {exc}") from None
-        started = False
-    else:
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, **common)
-        started = True
-    serve.start(proxy_location="Disabled", logging_config={"log_level": "WARNING"})
+    started = False
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a local cluster of ours reports nothing
+        common = dict(logging_level=logging.WARNING, log_to_driver=True)
+        if cfg.ray_address:
+            try:
+                ray.init(address=cfg.ray_address, **common)
+            except ConnectionError as exc:
+                raise ScaleOutError(f"cannot join the Ray cluster at serve.ray_address={cfg.ray_address!r}: {exc}") from None
+        else:
+            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, **common)
+            started = True
+    # also in a Ray joined before: else deploying starts Serve itself, with an HTTP proxy on every node
+    try:
+        serve.start(proxy_location="Disabled", logging_config={"log_level": "WARNING"})
+    except BaseException:
+        if started:  # not a cluster of ours left behind
+            ray.shutdown()
+        raise
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # not a line per app deployed or deleted
     return started
 

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import socket
+from contextlib import aclosing
 from typing import AsyncIterator
 
 from mistralrs.conf.schema import Config
@@ -49,8 +50,10 @@ class EngineReplica:
             except REFUSED as exc:
                 yield Refusal.of(exc)
                 return
-            async for batch in _batched(events, first):
-                yield batch
+            # closed, not left to the collector: the pump inside must stop before ``events`` closes
+            async with aclosing(_batched(events, first)) as batches:
+                async for batch in batches:
+                    yield batch
         finally:
             await events.aclose()  # type: ignore[attr-defined]
 
