@@ -21,6 +21,8 @@ import math
 from collections import OrderedDict
 from typing import Sequence
 
+from mistralrs.engine.core.block_manager import block_hash
+
 AFFINITY_MIN_SHARE = 0.1  # a smaller match saves too little prefill to be worth any imbalance
 
 
@@ -38,7 +40,7 @@ class PrefixAffinityRouter:
         end. As the block manager's _cached_prefix, never the last token's block (it must run)."""
         hashes, h, bs = [], 0, self.block_size
         for start in range(0, (len(prompt_ids) - 1) // bs * bs, bs):
-            h = hash((h, *prompt_ids[start:start + bs]))
+            h = block_hash(h, tuple(prompt_ids[start:start + bs]), 0)
             hashes.append(h)
         return hashes
 
