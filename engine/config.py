@@ -110,7 +110,8 @@ RAY_ONLY_SERVE = ("ray_address", "replica_cpus", "replica_gpus", "ray_app_name",
 
 
 def _refuse_unused(config: Config) -> None:
-    if config.serve.backend != "ray":
+    ray_rows = config.task == "bench" and bool(config.bench.ray_replicas)  # the bench's Ray servers take them
+    if config.serve.backend != "ray" and not ray_rows:
         defaults = ServeConfig()
         for name in RAY_ONLY_SERVE:
             if getattr(config.serve, name) != getattr(defaults, name):

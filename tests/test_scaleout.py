@@ -404,6 +404,44 @@ def test_serve_settings_are_checked(override, message):
     assert message in str(info.value)
 
 
+def test_the_bench_ray_rows_take_ray_settings(monkeypatch):
+    """task=bench with bench.ray_replicas: Ray-only serve settings are for its Ray servers (accepted), and
+    the local server it starts first gets none of them."""
+    from mistralrs.engine.bench import served
+    from mistralrs.engine.cli.tasks import bench
+    from mistralrs.engine.config import compose_config, to_schema, validate_config
+
+    args = ["task=bench", "bench.mode=served", "bench.ray_replicas=[2]", "serve.replica_gpus=0.5",
+            "+serve.ray_address=auto", "model.dtype=float32"]
+    validate_config(to_schema(compose_config(args[:4])))
+    started: list[list[str]] = []
+
+    class Stop(Exception):
+        pass
+
+    class FakeServer:
+        base_url = "http://127.0.0.1:9/v1"
+
+        def stop(self):
+            pass
+
+    def fake_start(overrides, *_args, **_kw):
+        started.append(overrides)
+        if len(started) == 2:  # the Ray row's server: enough seen
+            raise Stop
+        return FakeServer()
+
+    monkeypatch.setattr(served, "job_overrides", lambda: args[3:])
+    monkeypatch.setattr(served, "start_ours", fake_start)
+    monkeypatch.setattr(served, "long_prompt", lambda *a: "a long prompt")
+    monkeypatch.setattr(served, "measure", lambda *a, **k: {"decode": {}, "ttft_s": None, "peak_rss_mb": {}})
+    with pytest.raises(Stop):
+        bench.run_served(compose_config(["task=bench", "bench.mode=served", "engine.threads=1", "bench.ray_replicas=[2]"]))
+    assert started[0] == ["model.dtype=float32", "engine.threads=1"]
+    assert started[1] == ["serve.replica_gpus=0.5", "+serve.ray_address=auto", "model.dtype=float32", "engine.threads=1",
+                          "serve.backend=ray", "serve.replicas=2", "serve.replica_cpus=1"]
+
+
 def _config(*overrides: str):
     from mistralrs.engine.config import compose_config, to_schema, validate_config
 
@@ -460,3 +498,32 @@ def test_the_frontend_checks_the_tokenizer_against_the_replicas_and_the_replicas
         FrontendModel(config, files, [_description(1, vocab=32)])
     with pytest.raises(ScaleOutError, match="different models"):
         FrontendModel(config, files, [_description(1), _description(2, context=256)])
+
+
+def test_closing_a_replica_stream_mid_request_closes_the_engine_stream():
+    """The ingress cancels a stream while the replica waits at a yield: the engine's stream is closed
+    then (its request aborted, KV freed), not when a collector gets to it, and closing raises nothing."""
+    from mistralrs.engine.scaleout.replica import EngineReplica
+
+    closed = asyncio.Event()
+
+    async def endless(_ids, _params):
+        try:
+            i = 0
+            while True:
+                await asyncio.sleep(0)
+                i += 1
+                yield i
+        finally:
+            closed.set()
+
+    async def main():
+        replica = SimpleNamespace(engine=SimpleNamespace(generate=endless))
+        stream = EngineReplica.generate(replica, [1, 2, 3], None)
+        first = await stream.__anext__()
+        await asyncio.sleep(0.01)  # the pump runs ahead meanwhile
+        await stream.aclose()
+        return first, closed.is_set()
+
+    first, was_closed = asyncio.run(main())
+    assert first == [1] and was_closed

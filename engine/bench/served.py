@@ -200,7 +200,12 @@ def job_overrides() -> list[str]:
     if not HydraConfig.initialized():
         return []
     return [o for o in HydraConfig.get().overrides.task
-            if not o.split("=", 1)[0].lstrip("+~").startswith(("task", "bench.", "serve.port", "serve.host"))]
+            if not override_key(o).startswith(("task", "bench.", "serve.port", "serve.host"))]
+
+
+def override_key(override: str) -> str:
+    """The config key of a command-line override (``+serve.x=1`` -> ``serve.x``)."""
+    return override.split("=", 1)[0].lstrip("+~")
 
 
 def log_dir_for(output: Path | None) -> Path:

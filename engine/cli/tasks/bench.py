@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from mistralrs.engine.cli.tasks.common import load_llm
+from mistralrs.engine.config import RAY_ONLY_SERVE
 from mistralrs.engine.core.llm_engine import kv_bytes_per_token
 from mistralrs.engine.bench.peak_rss import peak_rss_mb, reset_peak_rss
 
@@ -143,7 +144,10 @@ def run_served(cfg: DictConfig) -> dict:
     out = _output_path(b.output)
     logs = served.log_dir_for(out)
     threads = int(cfg.engine.threads or torch.get_num_threads())
-    overrides = [o for o in served.job_overrides() if not o.startswith("engine.threads")] + [f"engine.threads={threads}"]
+    job = served.job_overrides()
+    # the local server: without the settings of the Ray rows (serve.backend=ray only)
+    not_local = {"engine.threads", *(f"serve.{name}" for name in RAY_ONLY_SERVE)}
+    overrides = [o for o in job if served.override_key(o) not in not_local] + [f"engine.threads={threads}"]
     plan = served.ServedPlan(streams=[int(n) for n in b.streams], decode_tokens=int(b.decode_tokens),
                              prompt_tokens=int(b.prompt_tokens), repeats=int(b.repeats), warmup=int(b.warmup))
     common = {"model": cfg.model.name, "source": str(cfg.model.source), "quant": cfg.quant.type, "mode": "served",
@@ -162,7 +166,7 @@ def run_served(cfg: DictConfig) -> dict:
         ours.stop()
     ray_threads = int(b.ray_replica_threads)
     for replicas in [int(n) for n in b.ray_replicas]:  # serve.backend=ray, same plan and prompts
-        ray_overrides = [o for o in overrides if not o.startswith(("engine.threads", "serve."))] + [
+        ray_overrides = [o for o in job if served.override_key(o) not in RAY_ROW_KEYS] + [
             f"engine.threads={ray_threads}", "serve.backend=ray", f"serve.replicas={replicas}",
             f"serve.replica_cpus={ray_threads}"]
         server = served.start_ours(ray_overrides, cfg.model.name, logs)
@@ -188,6 +192,9 @@ def run_served(cfg: DictConfig) -> dict:
     _print_served(rows)
     _write_rows(out, rows)
     return rows[0]
+
+
+RAY_ROW_KEYS = ("engine.threads", "serve.backend", "serve.replicas", "serve.replica_cpus")  # the bench sets them
 
 
 def _print_served(rows: list[dict]) -> None:
